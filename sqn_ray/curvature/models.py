@@ -1,0 +1,146 @@
+"""Curvature models: turn pairs into a search direction (line-search family) or a TR model (trust-region family).
+
+Limited-memory models (:class:`LBFGSInverse`, :class:`CompactLSR1`) are rebuilt from the pairs they are given
+each iteration and serve both the sampled methods and their limited-memory classical twins. Dense models
+(:class:`DenseBFGSInverse`, :class:`DenseSR1`) fold each new path pair into a d×d matrix once, through
+``observe``; they ignore the pair window.
+
+Every model reports ``pairs_kept`` and whether it fell back to the identity because no pair survived its
+filter (the reference code crashed there; we take a gradient step / B = I and record it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..linalg.lbfgs import bfgs_inverse_update, compact_inverse_coefficients, lbfgs_gamma
+from ..linalg.sr1 import CompactSR1, sr1_filter, sr1_gamma, sr1_update
+from ..linalg.trust_region import ReducedModel, reduce_compact, reduce_dense
+
+B0_CHOICES = ("zero", "gamma")
+
+
+def gram_blocks(S: torch.Tensor, Y: torch.Tensor, g: torch.Tensor):
+    """SᵀY, SᵀS, YᵀY, Sᵀg, Yᵀg in float64 from ONE product [S Y]ᵀ[S Y g] (the only d-sized work of a filter)."""
+    k = S.shape[1]
+    Z = torch.cat([S, Y, g[:, None]], dim=1)
+    gram = (Z[:, :2 * k].T @ Z).double().cpu().numpy()
+    return gram[:k, k:2 * k], gram[:k, :k], gram[k:, k:2 * k], gram[:k, -1], gram[k:, -1]
+
+
+def angle_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> np.ndarray:
+    """Paper's condition (1): keep pair i iff sᵢᵀyᵢ > ε‖sᵢ‖‖yᵢ‖ (scale-free curvature test)."""
+    sy = np.diag(SY)
+    return np.flatnonzero(sy > eps * np.sqrt(np.clip(np.diag(SS), 0, None) * np.clip(np.diag(YY), 0, None)))
+
+
+@dataclass
+class LBFGSInverse:
+    """p = −H g, H the L-BFGS inverse from the kept pairs, H0 = γI with γ from the last kept pair."""
+
+    eps: float = 1e-8
+
+    def direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor):
+        k = S.shape[1]
+        if k:
+            SY, SS, YY, Sg, Yg = gram_blocks(S, Y, g)
+            keep = angle_filter(SY, SS, YY, self.eps)
+        if not k or keep.size == 0:
+            return -g, {"pairs_kept": 0, "identity_fallback": True}
+        SY, YY, Sg, Yg = SY[np.ix_(keep, keep)], YY[np.ix_(keep, keep)], Sg[keep], Yg[keep]
+        gamma = lbfgs_gamma(SY[-1, -1], YY[-1, -1])
+        a, b = compact_inverse_coefficients(SY, YY, Sg, Yg, gamma)
+        idx = torch.as_tensor(keep, device=g.device)
+        Z = torch.cat([S.index_select(1, idx), Y.index_select(1, idx)], dim=1)
+        coef = torch.as_tensor(np.concatenate([a, b]), dtype=g.dtype, device=g.device)
+        return -(gamma * g + Z @ coef), {"pairs_kept": int(keep.size), "identity_fallback": False}
+
+    def observe(self, s, y) -> None:
+        """Limited-memory: the pair window lives in the pair source."""
+
+    def reset(self) -> None:
+        """Nothing is stored between iterations."""
+
+
+@dataclass
+class DenseBFGSInverse:
+    """Classical BFGS: a dense inverse Hessian, H0 = I rescaled by γ = sᵀy/yᵀy before the first update
+    (N&W eq. 6.20); pairs failing the angle test are skipped."""
+
+    eps: float = 1e-8
+    H: torch.Tensor | None = field(default=None, init=False)
+    n_pairs: int = field(default=0, init=False)
+
+    def direction(self, g: torch.Tensor, S, Y):
+        if self.H is None:
+            return -g, {"pairs_kept": 0, "identity_fallback": True}
+        return -(self.H @ g), {"pairs_kept": self.n_pairs, "identity_fallback": False}
+
+    def observe(self, s: torch.Tensor, y: torch.Tensor) -> None:
+        sy, ss, yy = float(s @ y), float(s @ s), float(y @ y)
+        if not sy > self.eps * np.sqrt(ss * yy):
+            return
+        if self.H is None:
+            self.H = (sy / yy) * torch.eye(s.numel(), dtype=s.dtype, device=s.device)
+        self.H = bfgs_inverse_update(self.H, s, y)
+        self.n_pairs += 1
+
+    def reset(self) -> None:
+        self.H, self.n_pairs = None, 0
+
+
+@dataclass
+class CompactLSR1:
+    """B = B0 + compact SR1 of the pairs kept by the sequential filter; B0 = 0 (reference) or γI."""
+
+    eps: float = 1e-8
+    b0: str = "zero"
+
+    def reduce(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor) -> tuple[ReducedModel, dict]:
+        k = S.shape[1]
+        gamma, keep = (1.0 if self.b0 == "gamma" else 0.0), []
+        if k:
+            SY, SS, YY, _, _ = gram_blocks(S, Y, g)
+            if self.b0 == "gamma":
+                gamma = sr1_gamma(SY, SS)
+            keep = sr1_filter(SY, SS, YY, gamma, self.eps)
+        if not keep:
+            # Identity fallback: with no curvature information the model is B = I (a Cauchy/gradient step).
+            model = CompactSR1(gamma=1.0, Psi=g.new_zeros(g.numel(), 0), M=np.zeros((0, 0)))
+            return reduce_compact(g, model), {"pairs_kept": 0, "identity_fallback": True, "b0_gamma": 1.0}
+        K = np.array(keep)
+        idx = torch.as_tensor(K, device=g.device)
+        model = CompactSR1.from_pairs(S.index_select(1, idx), Y.index_select(1, idx), gamma,
+                                      SY[np.ix_(K, K)], SS[np.ix_(K, K)])
+        return reduce_compact(g, model), {"pairs_kept": len(keep), "identity_fallback": False, "b0_gamma": gamma}
+
+    def observe(self, s, y) -> None:
+        """Limited-memory: the pair window lives in the pair source."""
+
+    def reset(self) -> None:
+        """Nothing is stored between iterations."""
+
+
+@dataclass
+class DenseSR1:
+    """Classical SR1: dense B from B0 = I, rank-one updates with the SR1 safeguard."""
+
+    eps: float = 1e-8
+    B: torch.Tensor | None = field(default=None, init=False)
+    n_pairs: int = field(default=0, init=False)
+
+    def reduce(self, g: torch.Tensor, S, Y) -> tuple[ReducedModel, dict]:
+        if self.B is None:
+            self.B = torch.eye(g.numel(), dtype=g.dtype, device=g.device)
+        return reduce_dense(g, self.B), {"pairs_kept": self.n_pairs, "identity_fallback": self.n_pairs == 0}
+
+    def observe(self, s: torch.Tensor, y: torch.Tensor) -> None:
+        if self.B is None:
+            self.B = torch.eye(s.numel(), dtype=s.dtype, device=s.device)
+        self.B, kept = sr1_update(self.B, s, y, self.eps)
+        self.n_pairs += int(kept)
+
+    def reset(self) -> None:
+        self.B, self.n_pairs = None, 0

@@ -1,0 +1,122 @@
+"""Symmetric rank-one models: the compact (limited-memory) form and the dense recursion.
+
+Compact SR1 (Byrd, Nocedal & Schnabel 1994, eq. 5.2), pairs (s_i, y_i) oldest first, B0 = γI:
+
+    B = γI + Ψ M⁻¹ Ψᵀ,   Ψ = Y − γS,   M = D + L + Lᵀ − γSᵀS,
+
+D = diag(SᵀY), L the strictly lower triangle of SᵀY. With γ = 0 (the reference S-LSR1) B = Y M⁻¹ Yᵀ has
+rank ≤ m; under Option II (Y = ∇²F S) it is a Nyström sketch HS(SᵀHS)⁻¹SᵀH of the Hessian.
+
+The sequential pair filter (paper's condition (2)) keeps candidate i iff
+|s_iᵀ(y_i − B s_i)| > ε ‖s_i‖ ‖y_i − B s_i‖ with B built from the pairs already kept. Everything it needs is
+in the Gram blocks SᵀY, SᵀS, YᵀY, so the sweep is m-dimensional float64 work; it is the pivot test of an
+LDLᵀ factorisation of M with skips, which also guarantees that the kept M is non-singular.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def sr1_keeps(s_r: float, s_norm: float, r_norm: float, eps: float) -> bool:
+    """SR1 safeguard |sᵀr| > ε‖s‖‖r‖ with r = y − Bs (N&W eq. 6.26); shared by the dense and compact forms."""
+    return abs(s_r) > eps * s_norm * r_norm
+
+
+def sr1_gamma(SY: np.ndarray, SS: np.ndarray) -> float:
+    """B0 scaling for ``b0="gamma"``: the mean Rayleigh quotient Σ sᵢᵀyᵢ / Σ sᵢᵀsᵢ, clipped at 0.
+
+    Under Option II this is the average curvature of F along the sampled directions (≈ tr ∇²F / d for
+    Gaussian directions); for path pairs the average curvature along the stored steps. Clipped at zero
+    so that B0 never adds negative curvature of its own.
+    """
+    den = float(np.trace(SS))
+    return max(float(np.trace(SY)) / den, 0.0) if den > 0 else 0.0
+
+
+def middle_matrix(SY: np.ndarray, SS: np.ndarray, gamma: float) -> np.ndarray:
+    """M = D + L + Lᵀ − γ SᵀS from SY[i, j] = s_iᵀy_j (pairs in order)."""
+    L = np.tril(SY, -1)
+    return np.diag(np.diag(SY)) + L + L.T - gamma * SS
+
+
+def sr1_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, gamma: float, eps: float) -> list[int]:
+    """Indices of the candidate pairs kept by the sequential SR1 test (condition (2)), in order.
+
+    SY[i, j] = s_iᵀy_j, SS = SᵀS, YY = YᵀY (float64). For candidate i and kept set K:
+    u = Ψ_Kᵀ s_i, c = M_K⁻¹ u, sᵢᵀrᵢ = sᵢᵀyᵢ − γ sᵢᵀsᵢ − uᵀc and
+    ‖rᵢ‖² = ‖yᵢ − γsᵢ‖² − 2 (yᵢ − γsᵢ)ᵀΨ_K c + cᵀ Ψ_KᵀΨ_K c, all read off the Gram blocks.
+    """
+    psi_gram = YY - gamma * (SY + SY.T) + gamma * gamma * SS  # Ψᵀ Ψ over all candidates
+    kept: list[int] = []
+    for i in range(SY.shape[0]):
+        s_norm = float(np.sqrt(max(SS[i, i], 0.0)))
+        if kept:
+            K = np.array(kept)
+            u = SY[i, K] - gamma * SS[K, i]  # (Ψ_Kᵀ s_i)_j = y_jᵀ s_i − γ s_jᵀ s_i
+            c = np.linalg.solve(middle_matrix(SY[np.ix_(K, K)], SS[np.ix_(K, K)], gamma), u)
+            s_r = SY[i, i] - gamma * SS[i, i] - u @ c
+            r2 = psi_gram[i, i] - 2 * psi_gram[i, K] @ c + c @ psi_gram[np.ix_(K, K)] @ c
+        else:
+            s_r = SY[i, i] - gamma * SS[i, i]
+            r2 = psi_gram[i, i]
+        if sr1_keeps(s_r, s_norm, float(np.sqrt(max(r2, 0.0))), eps):
+            kept.append(i)
+    return kept
+
+
+@dataclass(frozen=True)
+class CompactSR1:
+    """B = γI + Ψ M⁻¹ Ψᵀ for the kept pairs (d-sized Ψ in the model's dtype, small M in float64)."""
+
+    gamma: float
+    Psi: torch.Tensor  # (d, k)
+    M: np.ndarray  # (k, k) float64
+
+    @classmethod
+    def from_pairs(cls, S: torch.Tensor, Y: torch.Tensor, gamma: float, SY: np.ndarray | None = None,
+                   SS: np.ndarray | None = None) -> "CompactSR1":
+        if SY is None or SS is None:
+            SY = (S.T @ Y).double().cpu().numpy()
+            SS = (S.T @ S).double().cpu().numpy()
+        return cls(gamma=float(gamma), Psi=Y - gamma * S, M=middle_matrix(SY, SS, gamma))
+
+    @property
+    def rank(self) -> int:
+        return self.Psi.shape[1]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        if self.rank == 0:
+            return self.gamma * v
+        coef = np.linalg.solve(self.M, (self.Psi.T @ v).double().cpu().numpy())
+        return self.gamma * v + self.Psi @ torch.as_tensor(coef, dtype=v.dtype, device=v.device)
+
+    def dense(self) -> torch.Tensor:
+        """The explicit d×d matrix (tests and eigen-spectra; float64)."""
+        d = self.Psi.shape[0]
+        B = self.gamma * torch.eye(d, dtype=torch.float64)
+        if self.rank:
+            Psi = self.Psi.double().cpu()
+            B = B + Psi @ torch.as_tensor(np.linalg.solve(self.M, Psi.T.numpy()))
+        return B
+
+
+def sr1_update(B: torch.Tensor, s: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[torch.Tensor, bool]:
+    """One dense SR1 update B⁺ = B + r rᵀ / (rᵀs), r = y − Bs, skipped when the safeguard fails."""
+    r = y - B @ s
+    s_r = float(torch.dot(s, r))
+    if not sr1_keeps(s_r, float(s.norm()), float(r.norm()), eps):
+        return B, False
+    return B + torch.outer(r, r) / s_r, True
+
+
+def dense_sr1(S: torch.Tensor, Y: torch.Tensor, B0: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, list[int]]:
+    """The SR1 recursion over the pairs in order from B0, with skipping; returns (B, kept indices)."""
+    B, kept = B0.clone(), []
+    for i in range(S.shape[1]):
+        B, ok = sr1_update(B, S[:, i], Y[:, i], eps)
+        if ok:
+            kept.append(i)
+    return B, kept

@@ -1,0 +1,1 @@
+"""Globalization, the method compositions, the registry, ``minimize`` and the torch.optim adapter."""

@@ -1,0 +1,123 @@
+"""A ``torch.optim.Optimizer`` adapter for ``nn.Module`` users: one method iteration per ``step(closure)``.
+
+    opt = SQNOptimizer(model.parameters(), method="s-lsr1", memory=10)
+    def closure():
+        return loss_fn(model(X), y)          # return the loss; calling backward() is optional
+    for _ in range(100):
+        loss = opt.step(closure)
+
+The closure is turned into a flat-parameter oracle: the adapter writes w into the parameters, calls the
+closure and differentiates the returned loss itself. Option II (``sampling="hvp"``) needs that graph, so its
+closure must return the loss without calling ``backward()``; Option I, GD, Adam and the classical methods
+also accept the usual closures that call ``backward()`` (their gradient is then read from ``.grad``).
+Records of every iteration are kept in ``opt.history`` with the same fields as ``minimize``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from ..objective import Objective
+from .methods import StepMethod
+from .registry import get_method
+
+
+class ClosureOracle:
+    def __init__(self, params: list[torch.Tensor], closure):
+        self.params, self.closure = params, closure
+        self.dim = sum(p.numel() for p in params)
+        self.dtype, self.device = params[0].dtype, params[0].device
+
+    def _loss_at(self, w):
+        with torch.no_grad():
+            vector_to_parameters(w, self.params)
+        for p in self.params:
+            p.grad = None
+        with torch.enable_grad():
+            return self.closure()
+
+    def _called_backward(self) -> bool:
+        return any(p.grad is not None for p in self.params)
+
+    def loss(self, w):
+        return self._loss_at(w).detach()
+
+    def loss_and_grad(self, w):
+        loss = self._loss_at(w)
+        if self._called_backward():
+            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        else:
+            g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, self.params, allow_unused=True,
+                                                                       materialize_grads=True)])
+        return loss.detach(), g
+
+    def hvps(self, w, V):
+        loss = self._loss_at(w)
+        if self._called_backward():
+            raise ValueError("sampling='hvp' needs a closure that returns the loss without calling backward() "
+                             "(the optimizer differentiates it twice itself)")
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
+        g = torch.cat([x.reshape(-1) for x in grads])
+        cols = []
+        for i in range(V.shape[1]):
+            hv = torch.autograd.grad(g, self.params, grad_outputs=V[:, i], retain_graph=True, allow_unused=True,
+                                     materialize_grads=True)
+            cols.append(torch.cat([x.reshape(-1) for x in hv]))
+        return torch.stack(cols, dim=1)
+
+    def grads(self, W):
+        return torch.stack([self.loss_and_grad(W[:, i])[1] for i in range(W.shape[1])], dim=1)
+
+
+class SQNOptimizer(torch.optim.Optimizer):
+    """Any step-based registered method (not the external anchors) as a closure-driven optimizer."""
+
+    def __init__(self, params, method: str = "s-lsr1", **options):
+        spec = get_method(method)
+        opts = spec.validate(options)
+        super().__init__(params, {})
+        if len(self.param_groups) != 1:
+            raise ValueError("SQNOptimizer supports one parameter group (quasi-Newton methods act on the whole vector)")
+        self._params = self.param_groups[0]["params"]
+        self._objective: Objective | None = None
+        self._runner = spec.build(opts, None)
+        if not isinstance(self._runner, StepMethod):
+            raise ValueError(f"method {method!r} drives its own loop and cannot be used step by step; "
+                             f"use sqn_ray.minimize(..., method={method!r}) instead")
+        self._state = None
+        self.method = method
+        self.history: list[dict] = []
+        self._t0 = time.perf_counter()
+
+    @property
+    def counters(self):
+        return self._objective.counters if self._objective else None
+
+    def _record(self, fields):
+        s = self._state
+        self.history.append({"iteration": s.iteration, "loss": s.f, "grad_norm": float(s.g.norm()),
+                             **self._objective.counters.snapshot(), **fields,
+                             "wall_time": time.perf_counter() - self._t0})
+
+    def step(self, closure):
+        if closure is None:
+            raise ValueError("SQNOptimizer.step needs a closure that returns the loss")
+        if self._objective is None:
+            self._objective = Objective(ClosureOracle(self._params, closure))
+        else:
+            self._objective.oracle.closure = closure
+        with torch.no_grad():
+            w = parameters_to_vector(self._params).detach().clone()
+        if self._state is None:
+            self._state = self._runner.start(self._objective, w)
+            self._record(self._runner.initial_fields(self._state))
+        elif not torch.equal(w, self._state.w):
+            raise RuntimeError("the parameters were changed outside SQNOptimizer.step; quasi-Newton state would be stale")
+        self._state, fields = self._runner.step(self._objective, self._state)
+        self._record({k: v for k, v in fields.items() if k != "stalled"})
+        with torch.no_grad():
+            vector_to_parameters(self._state.w, self._params)
+        return torch.tensor(self._state.f) if math.isfinite(self._state.f) else torch.tensor(math.nan)

@@ -1,0 +1,197 @@
+"""One registry of methods: names, options with defaults and validators, and how to build each one.
+
+Every option is validated before any evaluation, with the bad value and the allowed ones in the message.
+``method_options(name)`` tells the study platform which options apply to a method, so a grid does not
+cross options a method ignores (``radius`` for ``lbfgs``) into duplicate trials.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..curvature.models import B0_CHOICES, CompactLSR1, DenseBFGSInverse, DenseSR1, LBFGSInverse
+from ..curvature.sampling import SAMPLINGS
+from ..curvature.sources import PathPairs, SampledPairs
+from ..objective import Objective
+from .globalization import TrustRegionRule
+from .methods import Adam, GradientDescent, LineSearchMethod, TrustRegionMethod
+
+TR_SOLVERS = ("cg-steihaug", "exact")
+FIRST_STEPS = ("gradient", "sampled")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    default: Any
+    check: Callable[[str, Any], Any]  # returns the normalised value or raises ValueError
+    doc: str
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _positive_float(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _unit_interval(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+    return float(v)
+
+
+def _nonneg_float(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def _seed(name, v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer or None, got {v!r}")
+    return int(v)
+
+
+def _bool(name, v):
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
+def _callable_or_none(name, v):
+    if v is not None and not callable(v):
+        raise ValueError(f"{name} must be a callable (d, m) -> Tensor[d, m] or None, got {v!r}")
+    return v
+
+
+def _choice(*allowed):
+    def check(name, v):
+        if v not in allowed:
+            raise ValueError(f"{name}={v!r} is not one of {allowed}")
+        return v
+    return check
+
+
+SEED = {"seed": OptionSpec(0, _seed, "seed of the method's own generator (direction stream)")}
+MEMORY = {"memory": OptionSpec(10, _positive_int, "m: number of curvature pairs (sampled per iteration or kept)")}
+SAMPLED = {
+    "radius": OptionSpec(1.0, _positive_float, "r: sampling radius, s_i = r σ_i"),
+    "sampling": OptionSpec("hvp", _choice(*SAMPLINGS), "Option II ('hvp': Y = ∇²F S) or I ('grad-diff')"),
+    "normalize_directions": OptionSpec(False, _bool, "scale σ_i to unit length so that ‖s_i‖ = r"),
+    "directions": OptionSpec(None, _callable_or_none, "callable (d, m) -> Tensor[d, m] replacing N(0, I) draws"),
+}
+FILTER = {"epsilon": OptionSpec(1e-8, _positive_float, "ε of the pair filters (conditions (1) and (2))")}
+ARMIJO = {"c1": OptionSpec(1e-4, _unit_interval, "Armijo sufficient-decrease constant")}
+TRUST = {
+    "tr_solver": OptionSpec("cg-steihaug", _choice(*TR_SOLVERS), "trust-region subproblem solver"),
+    "initial_trust_radius": OptionSpec(1.0, _positive_float, "Δ0"),
+    "eta1": OptionSpec(1e-6, _nonneg_float, "η1: accept the step when ρ > η1"),
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    summary: str
+    options: dict[str, OptionSpec]
+    build: Callable[[dict, Objective], Any]
+
+    def validate(self, given: dict) -> dict:
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; "
+                             f"valid options: {sorted(self.options)}")
+        return {k: spec.check(k, given.get(k, spec.default)) for k, spec in self.options.items()}
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(0 if seed is None else seed)
+
+
+def _sampled_source(o):
+    return SampledPairs(memory=o["memory"], radius=o["radius"], sampling=o["sampling"],
+                        normalize=o["normalize_directions"], generator=_generator(o["seed"]),
+                        directions=o["directions"])
+
+
+def _tr(source, model, o):
+    return TrustRegionMethod(source=source, model=model, tr_solver=o["tr_solver"],
+                             initial_radius=o["initial_trust_radius"], rule=TrustRegionRule(eta1=o["eta1"]))
+
+
+def _external(name):
+    def build(o, objective):
+        from . import external  # scipy / torch.optim anchors, imported only when used
+        return external.build(name, o)
+    return build
+
+
+_SPECS = [
+    MethodSpec("s-lsr1", "sampled LSR1, trust region (Algorithm 1 + 3)",
+               {**MEMORY, **SAMPLED, **FILTER, **TRUST, "b0": OptionSpec("zero", _choice(*B0_CHOICES), "B0 = 0 (reference) or γI"), **SEED},
+               lambda o, obj: _tr(_sampled_source(o), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o)),
+    MethodSpec("s-lbfgs", "sampled LBFGS, Armijo line search (Algorithm 1 + 2)",
+               {**MEMORY, **SAMPLED, **FILTER, **ARMIJO,
+                "first_step": OptionSpec("gradient", _choice(*FIRST_STEPS), "first iteration: gradient step (reference) or sampled QN step"),
+                **SEED},
+               lambda o, obj: LineSearchMethod(source=_sampled_source(o), model=LBFGSInverse(eps=o["epsilon"]), c1=o["c1"],
+                                               gradient_first_step=o["first_step"] == "gradient")),
+    MethodSpec("lsr1", "limited-memory SR1 from the path, B0 = γI, trust region",
+               {**MEMORY, **FILTER, **TRUST, "b0": OptionSpec("gamma", _choice(*B0_CHOICES), "B0 = 0 or γI"), **SEED},
+               lambda o, obj: _tr(PathPairs(memory=o["memory"]), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o)),
+    MethodSpec("lbfgs", "limited-memory BFGS from the path, Armijo line search",
+               {**MEMORY, **FILTER, **ARMIJO, **SEED},
+               lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]), model=LBFGSInverse(eps=o["epsilon"]), c1=o["c1"])),
+    MethodSpec("sr1", "dense SR1 from the path, B0 = I, trust region",
+               {**FILTER, **TRUST, **SEED},
+               lambda o, obj: _tr(PathPairs(memory=0), DenseSR1(eps=o["epsilon"]), o)),
+    MethodSpec("bfgs", "dense BFGS from the path, Armijo line search",
+               {**FILTER, **ARMIJO, **SEED},
+               lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]), c1=o["c1"])),
+    MethodSpec("gd", "gradient descent with a fixed learning rate",
+               {"lr": OptionSpec(0.1, _positive_float, "learning rate"), **SEED},
+               lambda o, obj: GradientDescent(lr=o["lr"])),
+    MethodSpec("adam", "Adam on the full-batch gradient",
+               {"lr": OptionSpec(1e-3, _positive_float, "learning rate"),
+                "beta1": OptionSpec(0.9, _unit_interval, "first-moment decay"),
+                "beta2": OptionSpec(0.999, _unit_interval, "second-moment decay"),
+                "eps": OptionSpec(1e-8, _positive_float, "denominator guard"), **SEED},
+               lambda o, obj: Adam(lr=o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"])),
+    MethodSpec("torch-lbfgs", "anchor: torch.optim.LBFGS with strong Wolfe line search",
+               {**MEMORY, "lr": OptionSpec(1.0, _positive_float, "torch.optim.LBFGS lr"), **SEED}, _external("torch-lbfgs")),
+    MethodSpec("scipy-lbfgsb", "anchor: scipy.optimize.minimize(method='L-BFGS-B') in float64",
+               {**MEMORY, **SEED}, _external("scipy-lbfgsb")),
+    MethodSpec("scipy-bfgs", "anchor: scipy.optimize.minimize(method='BFGS') in float64",
+               {**SEED}, _external("scipy-bfgs")),
+]
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+SAMPLED_METHODS = ("s-lsr1", "s-lbfgs")
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {name!r}; valid methods: {list(METHODS)}") from None
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """The options that apply to ``name``, with their defaults."""
+    return {k: spec.default for k, spec in get_method(name).options.items()}
+
+
+def validate_options(method: str, **options) -> dict:
+    """The full, validated option dict for ``method`` (defaults filled in); ValueError on any bad input."""
+    return get_method(method).validate(options)
