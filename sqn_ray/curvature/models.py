@@ -33,7 +33,8 @@ def gram_blocks(S: torch.Tensor, Y: torch.Tensor, g: torch.Tensor):
 def angle_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> np.ndarray:
     """Paper's condition (1): keep pair i iff sᵢᵀyᵢ > ε‖sᵢ‖‖yᵢ‖ (scale-free curvature test)."""
     sy = np.diag(SY)
-    return np.flatnonzero(sy > eps * np.sqrt(np.clip(np.diag(SS), 0, None) * np.clip(np.diag(YY), 0, None)))
+    with np.errstate(invalid="ignore"):  # NaN pairs (overflowed evaluations) simply fail the test
+        return np.flatnonzero(sy > eps * np.sqrt(np.clip(np.diag(SS), 0, None) * np.clip(np.diag(YY), 0, None)))
 
 
 @dataclass

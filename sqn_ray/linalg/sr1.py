@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 
+RESIDUAL_FLOOR = 1e-12  # relative ‖r‖² below which r = y − Bs is round-off (‖r‖ < 1e-6 ‖y − γs‖)
+
+
 def sr1_keeps(s_r: float, s_norm: float, r_norm: float, eps: float) -> bool:
     """SR1 safeguard |sᵀr| > ε‖s‖‖r‖ with r = y − Bs (N&W eq. 6.26); shared by the dense and compact forms."""
     return abs(s_r) > eps * s_norm * r_norm
@@ -52,6 +55,8 @@ def sr1_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, gamma: float, eps
     psi_gram = YY - gamma * (SY + SY.T) + gamma * gamma * SS  # Ψᵀ Ψ over all candidates
     kept: list[int] = []
     for i in range(SY.shape[0]):
+        if not (np.isfinite(SY[i]).all() and np.isfinite(psi_gram[i]).all()):
+            continue  # a pair evaluated into overflow carries no curvature information
         s_norm = float(np.sqrt(max(SS[i, i], 0.0)))
         if kept:
             K = np.array(kept)
@@ -62,7 +67,12 @@ def sr1_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, gamma: float, eps
         else:
             s_r = SY[i, i] - gamma * SS[i, i]
             r2 = psi_gram[i, i]
-        if sr1_keeps(s_r, s_norm, float(np.sqrt(max(r2, 0.0))), eps):
+        # Read off Gram matrices, ‖r‖² carries round-off of order eps·‖yᵢ − γsᵢ‖²: a residual below that
+        # level means the secant equation already holds (e.g. the m > d-th pair on a quadratic), and
+        # keeping it would make M numerically singular.
+        if r2 <= RESIDUAL_FLOOR * psi_gram[i, i]:
+            continue
+        if sr1_keeps(s_r, s_norm, float(np.sqrt(r2)), eps):
             kept.append(i)
     return kept
 

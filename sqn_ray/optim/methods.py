@@ -96,14 +96,16 @@ def _timed(fn, *args):
 class LineSearchMethod(StepMethod):
     """Quasi-Newton direction p = −H∇F plus Armijo backtracking (Algorithm 2 for sampled pairs).
 
-    Trial step: 2 × the last accepted α (reference); the first trial, and the first iteration when
-    ``gradient_first_step``, use α0 = min(1, 1/‖∇F‖₁) along −∇F with no sampling (reference default).
+    Trial step: 2 × the last accepted α (reference, ``trial_step="double-last"``) or 1 (``"unit"``, the usual
+    quasi-Newton choice); the first trial, and the first iteration when ``gradient_first_step``, use
+    α0 = min(1, 1/‖∇F‖₁) along −∇F with no sampling (reference default).
     """
 
     source: object
     model: object
     c1: float = 1e-4
     min_step: float = 1e-25
+    trial_step: str = "double-last"
     gradient_first_step: bool = True
 
     def step(self, objective, state):
@@ -123,7 +125,10 @@ class LineSearchMethod(StepMethod):
         slope = float(g @ p)
         if not slope < 0:  # not a descent direction (only through round-off): fall back to −∇F
             p, slope, stats = -g, -float(g @ g), {**stats, "identity_fallback": True}
-        initial = min(1.0, 1.0 / float(g.abs().sum())) if first else 2.0 * state.step_size
+        if first:
+            initial = min(1.0, 1.0 / float(g.abs().sum()))
+        else:
+            initial = 2.0 * state.step_size if self.trial_step == "double-last" else 1.0
         ls, t_search = _timed(lambda: armijo_backtracking(objective, w, f, slope, p, initial,
                                                           c1=self.c1, min_step=self.min_step))
         fields = _nan_fields(accepted=ls.step_size is not None, s_norm=_mean_column_norm(S), inner_iters=ls.evaluations,

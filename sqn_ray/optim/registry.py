@@ -92,7 +92,10 @@ SAMPLED = {
     "directions": OptionSpec(None, _callable_or_none, "callable (d, m) -> Tensor[d, m] replacing N(0, I) draws"),
 }
 FILTER = {"epsilon": OptionSpec(1e-8, _positive_float, "ε of the pair filters (conditions (1) and (2))")}
-ARMIJO = {"c1": OptionSpec(1e-4, _unit_interval, "Armijo sufficient-decrease constant")}
+TRIAL_STEPS = ("double-last", "unit")
+ARMIJO = {"c1": OptionSpec(1e-4, _unit_interval, "Armijo sufficient-decrease constant"),
+          "trial_step": OptionSpec("double-last", _choice(*TRIAL_STEPS),
+                                   "first trial α of each search: 2 × last accepted α (reference) or 1")}
 TRUST = {
     "tr_solver": OptionSpec("cg-steihaug", _choice(*TR_SOLVERS), "trust-region subproblem solver"),
     "initial_trust_radius": OptionSpec(1.0, _positive_float, "Δ0"),
@@ -146,19 +149,21 @@ _SPECS = [
                 "first_step": OptionSpec("gradient", _choice(*FIRST_STEPS), "first iteration: gradient step (reference) or sampled QN step"),
                 **SEED},
                lambda o, obj: LineSearchMethod(source=_sampled_source(o), model=LBFGSInverse(eps=o["epsilon"]), c1=o["c1"],
-                                               gradient_first_step=o["first_step"] == "gradient")),
+                                               trial_step=o["trial_step"], gradient_first_step=o["first_step"] == "gradient")),
     MethodSpec("lsr1", "limited-memory SR1 from the path, B0 = γI, trust region",
                {**MEMORY, **FILTER, **TRUST, "b0": OptionSpec("gamma", _choice(*B0_CHOICES), "B0 = 0 or γI"), **SEED},
                lambda o, obj: _tr(PathPairs(memory=o["memory"]), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o)),
     MethodSpec("lbfgs", "limited-memory BFGS from the path, Armijo line search",
                {**MEMORY, **FILTER, **ARMIJO, **SEED},
-               lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]), model=LBFGSInverse(eps=o["epsilon"]), c1=o["c1"])),
+               lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]), model=LBFGSInverse(eps=o["epsilon"]),
+                                               c1=o["c1"], trial_step=o["trial_step"])),
     MethodSpec("sr1", "dense SR1 from the path, B0 = I, trust region",
                {**FILTER, **TRUST, **SEED},
                lambda o, obj: _tr(PathPairs(memory=0), DenseSR1(eps=o["epsilon"]), o)),
     MethodSpec("bfgs", "dense BFGS from the path, Armijo line search",
                {**FILTER, **ARMIJO, **SEED},
-               lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]), c1=o["c1"])),
+               lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]),
+                                               c1=o["c1"], trial_step=o["trial_step"])),
     MethodSpec("gd", "gradient descent with a fixed learning rate",
                {"lr": OptionSpec(0.1, _positive_float, "learning rate"), **SEED},
                lambda o, obj: GradientDescent(lr=o["lr"])),
