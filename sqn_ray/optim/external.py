@@ -24,7 +24,9 @@ class TorchLBFGS:
 
     def run(self, objective, w0, max_iters, gtol, emit):
         w = w0.detach().clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([w], lr=self.lr, max_iter=1, history_size=self.memory,
+        # max_iter=1 gives one record per outer iteration. max_eval must then be raised explicitly: its
+        # default, max_iter * 5 // 4 = 1, cuts every strong-Wolfe search short and LBFGS stalls at t = 0.
+        opt = torch.optim.LBFGS([w], lr=self.lr, max_iter=1, max_eval=100, history_size=self.memory,
                                 line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
 
         def closure():

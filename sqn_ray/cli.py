@@ -1,0 +1,184 @@
+"""The ``sqn-ray`` command line.
+
+    sqn-ray run --problem toy-small --method s-lsr1 --memory 10 --radius 1 --sampling hvp --seed 0 --out run.parquet
+    sqn-ray methods            # registered methods and their options with defaults
+    sqn-ray problems           # the problem library
+    sqn-ray study run FILE     # a declarative study on Ray Tune (see studies/)
+    sqn-ray report DIR         # an HTML report from a study's Parquet
+
+``run`` prints a live per-iteration table, stops at the problem's target training accuracy (100 % on the toy
+networks) or the iteration budget, and writes the history to Parquet (atomically) with the run's settings
+in the file's metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import sys
+import time
+
+DTYPES = ("float64", "float32")
+
+
+def _parse_option(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word such as exact or gamma
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sqn-ray", description="Sampled quasi-Newton methods and studies of them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one method on one problem, print a live table, write Parquet")
+    run.add_argument("--problem", default="toy-small", help="a problem name (see `sqn-ray problems`)")
+    run.add_argument("--method", default="s-lsr1", help="a method name (see `sqn-ray methods`)")
+    run.add_argument("--memory", type=int, help="m: curvature pairs")
+    run.add_argument("--radius", type=float, help="r: sampling radius (sampled methods)")
+    run.add_argument("--sampling", help="hvp (Option II) or grad-diff (Option I)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the initial point and the direction stream")
+    run.add_argument("--lr", type=float, help="learning rate (gd, adam)")
+    run.add_argument("--tr-solver", dest="tr_solver", help="cg-steihaug or exact (trust-region methods)")
+    run.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                     help="any other method option, e.g. --option b0=gamma (repeatable)")
+    run.add_argument("--max-iters", type=int, default=1000, help="iteration budget (default 1000, as in the paper)")
+    run.add_argument("--dtype", choices=DTYPES, default="float64")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    run.add_argument("--target-accuracy", type=float, default=None,
+                     help="stop at this training accuracy (default: the problem's target, 1.0 on the toy nets)")
+    run.add_argument("--out", help="write the per-iteration history to this Parquet file")
+    run.add_argument("--every", type=int, default=1, help="print every N-th iteration")
+    run.add_argument("--quiet", action="store_true", help="no live table")
+
+    sub.add_parser("methods", help="list methods and their options")
+    sub.add_parser("problems", help="list problems")
+    try:
+        from .study.cli import add_study_commands
+    except ImportError:  # the study layer is optional for the core library
+        pass
+    else:
+        add_study_commands(sub)
+    try:
+        from analysis.cli import add_report_command
+    except ImportError:
+        pass
+    else:
+        add_report_command(sub)
+    return parser
+
+
+def _method_options(args) -> dict:
+    options = {k: getattr(args, k) for k in ("memory", "radius", "sampling", "lr", "tr_solver")
+               if getattr(args, k) is not None}
+    options.update(dict(args.option))
+    return options
+
+
+class LiveTable:
+    """A compact per-iteration table: the numbers a researcher watches while a run goes."""
+
+    HEADER = (f"{'iter':>5} {'loss':>12} {'acc':>6} {'|g|':>9} {'f':>6} {'g':>6} {'hvp':>7} {'grad-eq':>9} "
+              f"{'alpha/Delta':>11} {'acc?':>4} {'pairs':>5} {'time':>7}")
+
+    def __init__(self, every: int, out=None):
+        self.every, self.out = max(1, every), out or sys.stdout
+        print(self.HEADER, file=self.out)
+
+    def row(self, r: dict, force: bool = False):
+        if not force and r["iteration"] % self.every:
+            return
+        knob = r["trust_radius"] if not math.isnan(r["trust_radius"]) else r["step_size"]
+        print(f"{r['iteration']:>5d} {r['loss']:>12.6g} {r['accuracy']:>6.3f} {r['grad_norm']:>9.3g} {r['n_fun']:>6d} "
+              f"{r['n_grad']:>6d} {r['n_hvp']:>7d} {r['grad_equivalents']:>9.1f} {knob:>11.4g} "
+              f"{'y' if r['accepted'] else 'n':>4} {r['pairs_kept']:>5d} {r['wall_time']:>7.2f}", file=self.out, flush=True)
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from . import minimize, validate_options
+    from .io import write_parquet_atomic
+    from .problems import get_problem
+
+    options = _method_options(args)
+    options["seed"] = args.seed
+    validate_options(args.method, **options)  # bad input fails here, before any work
+    problem = get_problem(args.problem, dtype=getattr(torch, args.dtype), device=args.device)
+    target = args.target_accuracy if args.target_accuracy is not None else problem.target_accuracy
+    table = None if args.quiet else LiveTable(args.every)
+    accuracies = []
+
+    def callback(x, record):
+        record["accuracy"] = problem.accuracy(x)
+        accuracies.append(record["accuracy"])
+        if table:
+            table.row(record)
+        return target is not None and record["accuracy"] >= target
+
+    t0 = time.perf_counter()
+    result = minimize(problem.oracle, problem.init(args.seed), method=args.method, max_iters=args.max_iters,
+                      callback=callback, **options)
+    history = result.history
+    if len(accuracies) < len(history):  # a diverged final record never reached the callback
+        accuracies.append(problem.accuracy(result.x) if torch.isfinite(result.x).all() else math.nan)
+    history["accuracy"] = accuracies[:len(history)]
+    status = "solved" if result.status == "callback" and target is not None else result.status
+    if table and len(history) and history.iteration.iloc[-1] % table.every:
+        table.row(history.iloc[-1].to_dict(), force=True)
+    print(f"{args.method} on {args.problem}: {status} after {int(history.iteration.iloc[-1])} iterations, "
+          f"loss {result.loss:.6g}, accuracy {history.accuracy.iloc[-1]:.3f}, "
+          f"{history.grad_equivalents.iloc[-1]:.1f} gradient-equivalents, {time.perf_counter() - t0:.2f} s"
+          f" ({result.message})")
+    if args.out:
+        for key, value in {"problem": args.problem, "method": args.method, "seed": args.seed, "status": status,
+                           **{k: v for k, v in result.options.items() if k != "seed"}}.items():
+            history[key] = value if not isinstance(value, (list, dict)) else json.dumps(value)
+        write_parquet_atomic(history, args.out, metadata={
+            "sqn_ray.run": {"problem": args.problem, "method": args.method, "options": result.options,
+                            "dtype": args.dtype, "device": args.device, "max_iters": args.max_iters,
+                            "target_accuracy": target, "status": status, "message": result.message}})
+        print(f"wrote {len(history)} rows to {args.out}")
+    return 0 if status != "diverged" else 3
+
+
+def cmd_methods(args) -> int:
+    from . import METHODS, get_method
+
+    for name in METHODS:
+        spec = get_method(name)
+        print(f"{name:13s} {spec.summary}")
+        for opt, o in spec.options.items():
+            print(f"    {opt:22s} default {o.default!r:16} {o.doc}")
+    return 0
+
+
+def cmd_problems(args) -> int:
+    from .problems import PROBLEMS, get_problem
+
+    for name in PROBLEMS:
+        p = get_problem(name)
+        print(f"{name:12s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "methods": cmd_methods, "problems": cmd_problems}
+    handler = handlers.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"sqn-ray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

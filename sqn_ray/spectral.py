@@ -1,0 +1,79 @@
+"""Spectral tools for the eigenvalue figure: the true Hessian and each method's explicit approximation.
+
+At a point w of a trajectory, the poster compares the spectrum of ∇²F(w) with those of the SR1, LSR1 and
+S-LSR1 matrices (and the BFGS family). Here every approximation is built from pairs by the same code the
+optimizers use, materialised as a dense float64 matrix (fine for the toy networks, d ≤ 908):
+
+* sampled pairs at w (:func:`sampled_pairs_at`, Algorithm 1 with the method's options),
+* path pairs from consecutive iterates of a trajectory (:func:`path_pairs`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .curvature.models import angle_filter, gram_blocks
+from .curvature.sampling import sample_pairs, sample_steps
+from .linalg.lbfgs import dense_lbfgs_inverse, lbfgs_gamma
+from .linalg.sr1 import CompactSR1, dense_sr1, sr1_filter, sr1_gamma
+from .objective import Objective
+
+MODEL_KINDS = ("s-lsr1", "lsr1", "sr1", "s-lbfgs", "lbfgs", "bfgs")
+
+
+def dense_hessian(oracle, w: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """∇²F(w) as a symmetric float64 matrix, from blocks of Hessian-vector products."""
+    d = w.numel()
+    eye = torch.eye(d, dtype=w.dtype, device=w.device)
+    H = torch.cat([oracle.hvps(w, eye[:, i:i + chunk]) for i in range(0, d, chunk)], dim=1).double().cpu()
+    return 0.5 * (H + H.T)
+
+
+def sampled_pairs_at(oracle, w: torch.Tensor, *, memory: int = 10, radius: float = 1.0, sampling: str = "hvp",
+                     seed: int = 0, normalize: bool = False):
+    objective = Objective(oracle)
+    S = sample_steps(w.numel(), memory, radius, generator=torch.Generator().manual_seed(seed), directions=None,
+                     normalize=normalize, dtype=w.dtype, device=w.device)
+    g = objective.value_and_grad(w)[1] if sampling == "grad-diff" else None
+    return S, sample_pairs(objective, w, g, S, sampling)
+
+
+def path_pairs(iterates: torch.Tensor, gradients: torch.Tensor, memory: int | None = None):
+    """s_k = w_{k+1} − w_k, y_k = g_{k+1} − g_k from rows of a trajectory (oldest first), the last ``memory``."""
+    S = (iterates[1:] - iterates[:-1]).T
+    Y = (gradients[1:] - gradients[:-1]).T
+    if memory is not None:
+        S, Y = S[:, -memory:], Y[:, -memory:]
+    return S, Y
+
+
+def model_matrix(kind: str, S: torch.Tensor, Y: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """The explicit Hessian approximation B (float64, d×d) that method ``kind`` builds from the pairs.
+
+    s-lsr1: compact SR1 with B0 = 0; lsr1: B0 = γI; sr1: the dense recursion from B0 = I. The BFGS family is
+    built as the inverse-Hessian H and returned as B = H⁻¹ so that all spectra are of Hessian approximations.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {MODEL_KINDS}")
+    S, Y = S.double().cpu(), Y.double().cpu()
+    d = S.shape[0]
+    if kind == "sr1":
+        return dense_sr1(S, Y, torch.eye(d, dtype=torch.float64), eps)[0]
+    g = torch.zeros(d, dtype=torch.float64)
+    SY, SS, YY, _, _ = gram_blocks(S, Y, g)
+    if kind in ("s-lsr1", "lsr1"):
+        gamma = 0.0 if kind == "s-lsr1" else sr1_gamma(SY, SS)
+        keep = sr1_filter(SY, SS, YY, gamma, eps)
+        return CompactSR1.from_pairs(S[:, keep], Y[:, keep], gamma).dense()
+    keep = angle_filter(SY, SS, YY, eps)
+    if keep.size == 0:
+        return torch.eye(d, dtype=torch.float64)
+    Sk, Yk = S[:, keep], Y[:, keep]
+    gamma = lbfgs_gamma(float(SY[keep[-1], keep[-1]]), float(YY[keep[-1], keep[-1]]))
+    H = dense_lbfgs_inverse(Sk, Yk, gamma)  # "bfgs" = all pairs kept, i.e. unlimited memory
+    return torch.linalg.inv(H)
+
+
+def spectrum(matrix: torch.Tensor) -> np.ndarray:
+    """Eigenvalues in ascending order."""
+    return torch.linalg.eigvalsh(0.5 * (matrix + matrix.T)).numpy()
