@@ -63,7 +63,7 @@ def model_matrix(kind: str, S: torch.Tensor, Y: torch.Tensor, *, eps: float = 1e
     SY, SS, YY, _, _ = gram_blocks(S, Y, g)
     if kind in ("s-lsr1", "lsr1"):
         gamma = 0.0 if kind == "s-lsr1" else sr1_gamma(SY, SS)
-        keep = sr1_filter(SY, SS, YY, gamma, eps)
+        keep = sr1_filter(SY, SS, YY, gamma, eps).kept
         return CompactSR1.from_pairs(S[:, keep], Y[:, keep], gamma).dense()
     keep = angle_filter(SY, SS, YY, eps)
     if keep.size == 0:

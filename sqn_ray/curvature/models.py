@@ -106,15 +106,17 @@ class CompactLSR1:
             SY, SS, YY, _, _ = gram_blocks(S, Y, g)
             if self.b0 == "gamma":
                 gamma = sr1_gamma(SY, SS)
-            keep = sr1_filter(SY, SS, YY, gamma, self.eps)
+            selection = sr1_filter(SY, SS, YY, gamma, self.eps)
+            keep = selection.kept
         if not keep:
             # Identity fallback: with no curvature information the model is B = I (a Cauchy/gradient step).
             model = CompactSR1(gamma=1.0, Psi=g.new_zeros(g.numel(), 0), M=np.zeros((0, 0)))
             return reduce_compact(g, model), {"pairs_kept": 0, "identity_fallback": True, "b0_gamma": 1.0}
-        K = np.array(keep)
-        idx = torch.as_tensor(K, device=g.device)
-        model = CompactSR1.from_pairs(S.index_select(1, idx), Y.index_select(1, idx), gamma,
-                                      SY[np.ix_(K, K)], SS[np.ix_(K, K)])
+        if len(keep) < k:  # usually every pair survives: skip the d-sized copies then
+            K = np.array(keep)
+            idx = torch.as_tensor(K, device=g.device)
+            S, Y, SY, SS = S.index_select(1, idx), Y.index_select(1, idx), SY[np.ix_(K, K)], SS[np.ix_(K, K)]
+        model = CompactSR1.from_pairs(S, Y, gamma, SY, SS, factors=selection)
         return reduce_compact(g, model), {"pairs_kept": len(keep), "identity_fallback": False, "b0_gamma": gamma}
 
     def observe(self, s, y) -> None:

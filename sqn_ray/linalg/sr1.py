@@ -45,36 +45,70 @@ def middle_matrix(SY: np.ndarray, SS: np.ndarray, gamma: float) -> np.ndarray:
     return np.diag(np.diag(SY)) + L + L.T - gamma * SS
 
 
-def sr1_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, gamma: float, eps: float) -> list[int]:
-    """Indices of the candidate pairs kept by the sequential SR1 test (condition (2)), in order.
+@dataclass(frozen=True)
+class SR1Selection:
+    """The kept pairs and an LDLᵀ factorisation of their middle matrix, M = L diag(D) Lᵀ, held as L⁻¹."""
 
-    SY[i, j] = s_iᵀy_j, SS = SᵀS, YY = YᵀY (float64). For candidate i and kept set K:
-    u = Ψ_Kᵀ s_i, c = M_K⁻¹ u, sᵢᵀrᵢ = sᵢᵀyᵢ − γ sᵢᵀsᵢ − uᵀc and
-    ‖rᵢ‖² = ‖yᵢ − γsᵢ‖² − 2 (yᵢ − γsᵢ)ᵀΨ_K c + cᵀ Ψ_KᵀΨ_K c, all read off the Gram blocks.
+    kept: list[int]
+    L_inv: np.ndarray  # (k, k) unit lower triangular
+    D: np.ndarray  # (k,) pivots; D_j = s_jᵀ(y_j − B_{<j} s_j), nonzero by the filter
+
+    def solve(self, X: np.ndarray) -> np.ndarray:
+        """M⁻¹ X through the factors (no explicit inverse of M)."""
+        Z = self.L_inv @ X
+        return self.L_inv.T @ (Z / (self.D[:, None] if Z.ndim == 2 else self.D))
+
+
+def sr1_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, gamma: float, eps: float) -> SR1Selection:
+    """The candidate pairs kept by the sequential SR1 test (condition (2)), in order, with M's factors.
+
+    SY[i, j] = s_iᵀy_j, SS = SᵀS, YY = YᵀY (float64). For candidate i and kept set K, M_{K∪i} borders M_K with
+    u = Ψ_Kᵀ s_i (u_j = s_iᵀy_j − γ s_iᵀs_j) and M_ii = s_iᵀy_i − γ s_iᵀs_i, so with c = M_K⁻¹ u:
+
+        s_iᵀ r_i = M_ii − uᵀc          (r_i = y_i − B_K s_i: the Schur complement, i.e. the next LDLᵀ pivot)
+        ‖r_i‖²  = ‖y_i − γs_i‖² − 2 (y_i − γs_i)ᵀΨ_K c + cᵀ Ψ_KᵀΨ_K c,
+
+    all read off the Gram blocks. A kept candidate extends the LDLᵀ factorisation of M by one row; a skipped
+    one leaves it unchanged. The sweep is O(m³) float64 work on the host, with no d-sized operation.
     """
+    A = SY - gamma * SS  # A[i, j] = u_j for candidate i; A[i, i] = M_ii
     psi_gram = YY - gamma * (SY + SY.T) + gamma * gamma * SS  # Ψᵀ Ψ over all candidates
+    m = SY.shape[0]
     kept: list[int] = []
-    for i in range(SY.shape[0]):
-        if not (np.isfinite(SY[i]).all() and np.isfinite(psi_gram[i]).all()):
+    L_inv = np.zeros((m, m))
+    D = np.zeros(m)
+    U = np.zeros((m, m))  # U[:, j] = A[:, kept[j]]: the bordering rows of every candidate against the kept pairs
+    PG = np.zeros((m, m))  # PG[:, j] = psi_gram[:, kept[j]]
+    finite = np.isfinite(A).all(axis=1) & np.isfinite(psi_gram).all(axis=1)
+    for i in range(m):
+        if not finite[i]:
             continue  # a pair evaluated into overflow carries no curvature information
-        s_norm = float(np.sqrt(max(SS[i, i], 0.0)))
-        if kept:
-            K = np.array(kept)
-            u = SY[i, K] - gamma * SS[K, i]  # (Ψ_Kᵀ s_i)_j = y_jᵀ s_i − γ s_jᵀ s_i
-            c = np.linalg.solve(middle_matrix(SY[np.ix_(K, K)], SS[np.ix_(K, K)], gamma), u)
-            s_r = SY[i, i] - gamma * SS[i, i] - u @ c
-            r2 = psi_gram[i, i] - 2 * psi_gram[i, K] @ c + c @ psi_gram[np.ix_(K, K)] @ c
+        k = len(kept)
+        if k:
+            Li = L_inv[:k, :k]
+            z = Li @ U[i, :k]
+            w = z / D[:k]
+            c = Li.T @ w  # M_K⁻¹ u
+            s_r = A[i, i] - z @ w
+            pg = PG[i, :k]
+            r2 = psi_gram[i, i] - 2 * pg @ c + c @ (PG[kept, :k] @ c)
         else:
-            s_r = SY[i, i] - gamma * SS[i, i]
-            r2 = psi_gram[i, i]
+            s_r, r2 = A[i, i], psi_gram[i, i]
         # Read off Gram matrices, ‖r‖² carries round-off of order eps·‖yᵢ − γsᵢ‖²: a residual below that
         # level means the secant equation already holds (e.g. the m > d-th pair on a quadratic), and
         # keeping it would make M numerically singular.
         if r2 <= RESIDUAL_FLOOR * psi_gram[i, i]:
             continue
-        if sr1_keeps(s_r, s_norm, float(np.sqrt(r2)), eps):
+        if sr1_keeps(s_r, float(np.sqrt(max(SS[i, i], 0.0))), float(np.sqrt(r2)), eps):
+            if k:
+                L_inv[k, :k] = -w @ Li  # [[L, 0], [wᵀ, 1]]⁻¹ = [[L⁻¹, 0], [−wᵀL⁻¹, 1]]
+            L_inv[k, k] = 1.0
+            D[k] = s_r
+            U[:, k] = A[:, i]
+            PG[:, k] = psi_gram[:, i]
             kept.append(i)
-    return kept
+    k = len(kept)
+    return SR1Selection(kept=kept, L_inv=L_inv[:k, :k].copy(), D=D[:k].copy())
 
 
 @dataclass(frozen=True)
@@ -84,23 +118,29 @@ class CompactSR1:
     gamma: float
     Psi: torch.Tensor  # (d, k)
     M: np.ndarray  # (k, k) float64
+    factors: SR1Selection | None = None  # LDLᵀ factors of M from the filter, when it built them
 
     @classmethod
     def from_pairs(cls, S: torch.Tensor, Y: torch.Tensor, gamma: float, SY: np.ndarray | None = None,
-                   SS: np.ndarray | None = None) -> "CompactSR1":
+                   SS: np.ndarray | None = None, factors: SR1Selection | None = None) -> "CompactSR1":
         if SY is None or SS is None:
             SY = (S.T @ Y).double().cpu().numpy()
             SS = (S.T @ S).double().cpu().numpy()
-        return cls(gamma=float(gamma), Psi=Y - gamma * S, M=middle_matrix(SY, SS, gamma))
+        Psi = Y if gamma == 0.0 else Y - gamma * S
+        return cls(gamma=float(gamma), Psi=Psi, M=middle_matrix(SY, SS, gamma), factors=factors)
 
     @property
     def rank(self) -> int:
         return self.Psi.shape[1]
 
+    def solve(self, X: np.ndarray) -> np.ndarray:
+        """M⁻¹ X: through the filter's LDLᵀ factors when present, else an LU solve."""
+        return self.factors.solve(X) if self.factors is not None else np.linalg.solve(self.M, X)
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if self.rank == 0:
             return self.gamma * v
-        coef = np.linalg.solve(self.M, (self.Psi.T @ v).double().cpu().numpy())
+        coef = self.solve((self.Psi.T @ v).double().cpu().numpy())
         return self.gamma * v + self.Psi @ torch.as_tensor(coef, dtype=v.dtype, device=v.device)
 
     def dense(self) -> torch.Tensor:
@@ -109,7 +149,7 @@ class CompactSR1:
         B = self.gamma * torch.eye(d, dtype=torch.float64)
         if self.rank:
             Psi = self.Psi.double().cpu()
-            B = B + Psi @ torch.as_tensor(np.linalg.solve(self.M, Psi.T.numpy()))
+            B = B + Psi @ torch.as_tensor(self.solve(Psi.T.numpy()))
         return B
 
 

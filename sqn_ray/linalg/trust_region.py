@@ -68,7 +68,7 @@ def reduce_compact(g: torch.Tensor, model: CompactSR1) -> ReducedModel:
     P = R[:, 1:]
     B = model.gamma * np.eye(R.shape[0])
     if model.rank:
-        B = B + P @ np.linalg.solve(model.M, P.T)
+        B = B + P @ model.solve(P.T)
     B = 0.5 * (B + B.T)
     complement = model.gamma if d > R.shape[0] else None
 

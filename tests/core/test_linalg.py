@@ -82,7 +82,7 @@ def test_compact_sr1_equals_dense_recursion_and_secant_equations_on_quadratic(ga
     S, Y = pairs_on(A, m, gen)
     B_dense, kept_dense = dense_sr1(S, Y, gamma * torch.eye(d))
     SY, SS, YY = (S.T @ Y).numpy(), (S.T @ S).numpy(), (Y.T @ Y).numpy()
-    kept = sr1_filter(SY, SS, YY, gamma, 1e-8)
+    kept = sr1_filter(SY, SS, YY, gamma, 1e-8).kept
     assert kept == kept_dense == list(range(m))
     compact = CompactSR1.from_pairs(S, Y, gamma)
     torch.testing.assert_close(compact.dense(), B_dense, rtol=1e-8, atol=1e-9)
@@ -105,7 +105,7 @@ def test_sr1_filter_skips_exactly_what_the_dense_recursion_skips():
         r = r - (r @ s) / (s @ s) * s
         S5, Y5 = torch.cat([S, s[:, None]], 1), torch.cat([Y, (B @ s + r)[:, None]], 1)
         _, kept_dense = dense_sr1(S5, Y5, gamma * torch.eye(d))
-        kept = sr1_filter((S5.T @ Y5).numpy(), (S5.T @ S5).numpy(), (Y5.T @ Y5).numpy(), gamma, 1e-8)
+        kept = sr1_filter((S5.T @ Y5).numpy(), (S5.T @ S5).numpy(), (Y5.T @ Y5).numpy(), gamma, 1e-8).kept
         assert kept == kept_dense == [0, 1, 2, 3]
 
 
