@@ -149,8 +149,14 @@ class AutogradOracle:
         self.device = torch.device(device)
         self.hvp_backend = hvp_backend
         self.grads_backend = grads_backend
-        self._graph_key: tuple | None = None
-        self._graph: tuple[torch.Tensor, torch.Tensor] | None = None  # (w leaf, g with graph)
+        # The create_graph gradient of the last point asked for HVPs, kept so that every block of vectors at
+        # that point (and the gradient itself, once HVPs are in use) reuses it. The point is held by
+        # reference and compared by identity and version, so a freed tensor whose memory is reused can
+        # never alias it.
+        self._graph_w: torch.Tensor | None = None
+        self._graph_version = -1
+        self._graph: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (leaf x, f, g with graph)
+        self._hvps_in_use = False
 
     # -- plain evaluations -------------------------------------------------------------------------
     def loss(self, w):
@@ -161,6 +167,9 @@ class AutogradOracle:
         return out.reshape(())
 
     def loss_and_grad(self, w):
+        if self._hvps_in_use:  # Option II will ask for HVPs here next: build the gradient's graph once, now
+            _, f, g = self._graph_at(w)
+            return f.detach(), g.detach()
         with torch.enable_grad():
             x = w.detach().requires_grad_(True)
             f = self.loss(x)
@@ -169,17 +178,17 @@ class AutogradOracle:
 
     # -- Option II ---------------------------------------------------------------------------------
     def _graph_at(self, w):
-        key = (w.data_ptr(), w._version, w.shape)
-        if self._graph_key != key or self._graph is None:
+        if self._graph is None or w is not self._graph_w or w._version != self._graph_version:
             with torch.enable_grad():
                 x = w.detach().clone().requires_grad_(True)
                 f = self.loss(x)
                 (g,) = torch.autograd.grad(f, x, create_graph=True)
-            self._graph_key, self._graph = key, (x, g)
+            self._graph_w, self._graph_version, self._graph = w, w._version, (x, f, g)
         return self._graph
 
     def hvps(self, w, V):
-        x, g = self._graph_at(w)
+        self._hvps_in_use = True
+        x, _, g = self._graph_at(w)
         backend = self.hvp_backend
         if backend == "auto":
             backend = self.hvp_backend = self._probe_hvp(x, g, V.shape[1])
