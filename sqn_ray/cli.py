@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "methods": cmd_methods, "problems": cmd_problems}
-    handler = handlers.get(args.command) or getattr(args, "handler", None)
+    # subcommands added by the study, data and analysis layers register their handler on the parser
+    handler = handlers.get(args.command) or getattr(args, "handler", None) or getattr(args, "func", None)
     try:
         return handler(args)
     except ValueError as e:  # bad input: one clear line, no traceback
