@@ -66,11 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_study_commands(sub)
     try:
-        from analysis.cli import add_report_command
-    except ImportError:
+        from analysis.cli import add_eigen_command, add_report_command
+    except ImportError:  # the analysis package ships beside sqn_ray; a bare library install lacks it
         pass
     else:
         add_report_command(sub)
+        add_eigen_command(sub)
     return parser
 
 

@@ -32,8 +32,17 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike, metadata:
 
 
 def read_parquet_metadata(path: str | os.PathLike) -> dict:
-    """The JSON metadata written by :func:`write_parquet_atomic` (pandas' own entry left out)."""
+    """The schema metadata of a Parquet file (pandas' own entry left out): JSON values decoded, any other
+    value (a YAML text, a git revision) returned as a string."""
     import pyarrow.parquet as pq
 
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode(): json.loads(v) for k, v in raw.items() if k != b"pandas"}
+    out = {}
+    for k, v in (pq.read_schema(path).metadata or {}).items():
+        if k == b"pandas":
+            continue
+        text = v.decode("utf-8", errors="replace")
+        try:
+            out[k.decode()] = json.loads(text)
+        except ValueError:
+            out[k.decode()] = text
+    return out

@@ -1,0 +1,534 @@
+"""The report's figures, one function per figure, each ``f(study) -> matplotlib.figure.Figure``.
+
+1. :func:`convergence`  loss and accuracy against iterations, gradient-equivalents and wall time, per network
+2. :func:`robustness`   fraction of seeds reaching the target against budget; iterations to target
+3. :func:`sensitivity`  iterations / gradient-equivalents to target over m × r, by Option I/II and method
+4. :func:`cost`         measured per-iteration cost (time by phase, gradient-equivalents by kind) beside the
+   poster's cost and storage table
+5. :func:`eigen_spectra` spectra of the true Hessian and of the QN approximations at three trajectory points
+6. :func:`anchors`      our LBFGS / BFGS beside torch.optim.LBFGS and scipy on the same seeds
+
+Curves are the median across seeds with the interquartile range (25–75 %) as a band: each trial is resampled
+onto a common grid of the x-axis, holding its last value once it has stopped (a solved run stays solved).
+Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state, any backend; files are
+rendered by Agg). A figure without data says so in its own panel instead of raising; ``fig.no_data`` then
+holds the reason.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import warnings
+from contextlib import contextmanager
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from . import tables as T
+from .load import ANCHORS, LN2, SAMPLED, Study
+
+__all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "FIGURES",
+           "palette", "resample", "save", "to_png"]
+
+X_AXES = {"iteration": "iterations", "grad_equivalents": "gradient-equivalents (≈ epochs)",
+          "wall_time": "wall time (s, optimizer only)"}
+Y_AXES = {"loss": "training loss", "accuracy_filled": "training accuracy"}
+MATRIX_LABELS = {"hessian": "true Hessian", "s-lsr1": "S-LSR1 (sampled)", "lsr1": "LSR1 (path)",
+                 "sr1": "SR1 (path)", "s-lbfgs": "S-LBFGS (sampled)", "lbfgs": "LBFGS (path)", "bfgs": "BFGS (path)"}
+POINT_LABELS = {"start": "start", "plateau": "plateau / saddle", "solution": "near the solution"}
+FAMILY_DASHES = {"sampled QN": "", "classical QN": (5, 2), "first order": (1, 2), "external anchor": (4, 1, 1, 1),
+                 "other": (2, 2)}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+@contextmanager
+def _style():
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
+          "figure.dpi": 100, "savefig.dpi": 110, "axes.titleweight": "bold"}
+    with matplotlib.rc_context(rc):
+        yield
+
+
+#: one hue per method, kept across every figure and study (variants of a method get shades of it)
+METHOD_COLORS = {"s-lsr1": "#d62728", "s-lbfgs": "#ff7f0e", "lsr1": "#1f77b4", "lbfgs": "#17becf",
+                 "sr1": "#2ca02c", "bfgs": "#bcbd22", "gd": "#7f7f7f", "adam": "#8c564b", "torch-lbfgs": "#9467bd",
+                 "scipy-lbfgsb": "#e377c2", "scipy-bfgs": "#393b79"}
+MAX_CONFIGS = 12
+
+
+def _method_of(config: str) -> str:
+    return config.split(" [", 1)[0]
+
+
+def palette(configs: list[str]) -> dict[str, tuple]:
+    """One colour per config, stable across figures: the method's hue, in shades when it has several configs."""
+    out, groups = {}, {}
+    for c in configs:
+        groups.setdefault(_method_of(c), []).append(c)
+    extra = iter(sns.color_palette("husl", max(1, sum(m not in METHOD_COLORS for m in groups))))
+    for method, cs in groups.items():
+        base = METHOD_COLORS.get(method) or next(extra)
+        if len(cs) == 1:
+            out[cs[0]] = matplotlib.colors.to_rgb(base)
+        else:
+            light = sns.light_palette(base, 4)[1]
+            dark = sns.dark_palette(base, 4)[1]
+            out.update(zip(cs, sns.blend_palette([light, base, dark], len(cs))))
+    return out
+
+
+def _select_configs(study: Study, limit: int | None = None) -> tuple[list[str], str]:
+    """All configs, or, when there are more than ``limit`` (a sensitivity grid), the best config of each
+    method: most seeds at the target, then fewest gradient-equivalents to it, then lowest final loss."""
+    configs = study.configs
+    if len(configs) <= (MAX_CONFIGS if limit is None else limit):
+        return configs, ""
+    s = T.summary_table(study)
+    agg = s.groupby("config").agg(solved=("solved %", "mean"), ge=("median grad-eq to target", "median"),
+                                  loss=("median final loss", "median")).reset_index()
+    agg["method"] = agg["config"].map(_method_of)
+    agg = agg.assign(ge=agg["ge"].fillna(np.inf), loss=agg["loss"].fillna(np.inf))
+    best = agg.sort_values(["solved", "ge", "loss"], ascending=[False, True, True]).groupby("method").head(1)
+    chosen = [c for c in configs if c in set(best["config"])]
+    return chosen, (f"showing the best config of each method ({len(chosen)} of {len(configs)} configs; all are in "
+                    "the tables)")
+
+
+def _focus(study: Study) -> tuple[Study, list[str], str]:
+    """The study restricted to :func:`_select_configs` (a view), its configs and the note saying so."""
+    configs, note = _select_configs(study)
+    if not note:
+        return study, configs, ""
+    keep = set(configs)
+    view = Study(study.path, study.iterations[study.iterations["config"].isin(keep)],
+                 study.trials[study.trials["config"].isin(keep)], study.eigen, study.metadata, study.options,
+                 study.sources)
+    return view, configs, note
+
+
+def _no_data(title: str, reason: str) -> Figure:
+    with _style():
+        fig = Figure(figsize=(7, 1.6))
+        ax = fig.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.62, title, ha="center", va="center", fontsize=12, fontweight="bold", transform=ax.transAxes)
+        ax.text(0.5, 0.28, f"no data: {reason}", ha="center", va="center", fontsize=10, color="0.35",
+                transform=ax.transAxes, wrap=True)
+    fig.no_data = reason
+    return fig
+
+
+def _done(fig: Figure, title: str, note: str = "") -> Figure:
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=13, fontweight="bold")
+    fig.no_data = None
+    return fig
+
+
+def _legend(fig: Figure, axes, title: str | None = None, ncol: int = 1) -> None:
+    """One legend for the figure, from the first axes that has labelled artists; per-axes legends removed."""
+    handles, labels = [], []
+    for ax in np.ravel(axes):
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels and not ll.startswith("_"):
+                handles.append(hh)
+                labels.append(ll)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", frameon=False, title=title, ncol=ncol)
+
+
+def resample(iterations: pd.DataFrame, x: str, y: str, *, points: int = 160, log: bool = False) -> pd.DataFrame:
+    """Each trial's ``y`` on a common grid of ``x`` (per problem): the value of the last iterate with
+    x ≤ grid point; after a trial's end its last value is held. Returns long rows (problem, config,
+    family, trial_id, x, y)."""
+    out = []
+    for problem, sub in iterations.groupby("problem", sort=False):
+        xs_all = pd.to_numeric(sub[x], errors="coerce")
+        xs_all = xs_all[np.isfinite(xs_all)]
+        if xs_all.empty:
+            continue
+        hi = float(xs_all.max())
+        if x == "iteration":
+            grid = np.unique(np.linspace(0, hi, min(points, int(hi) + 1)).round())
+        elif log:
+            lo = float(xs_all[xs_all > 0].min()) if (xs_all > 0).any() else 1e-9
+            grid = np.geomspace(lo, max(hi, lo * 1.0001), points)
+        else:
+            grid = np.linspace(0, hi, points)
+        for tid, t in sub.groupby("trial_id", sort=False):
+            xs = pd.to_numeric(t[x], errors="coerce").to_numpy(dtype=float)
+            ys = pd.to_numeric(t[y], errors="coerce").to_numpy(dtype=float)
+            ok = np.isfinite(xs)
+            xs, ys = xs[ok], ys[ok]
+            if xs.size == 0:
+                continue
+            order = np.argsort(xs, kind="stable")
+            xs, ys = np.maximum.accumulate(xs[order]), ys[order]
+            idx = np.searchsorted(xs, grid, side="right") - 1
+            vals = np.where(idx >= 0, ys[np.clip(idx, 0, None)], np.nan)
+            out.append(pd.DataFrame({"problem": problem, "config": t["config"].iloc[0],
+                                     "family": t["family"].iloc[0], "trial_id": tid, "x": grid, "y": vals}))
+    if not out:
+        return pd.DataFrame(columns=["problem", "config", "family", "trial_id", "x", "y"])
+    return pd.concat(out, ignore_index=True)
+
+
+def _median_band(ax, df: pd.DataFrame, colors: dict, hue_order: list[str]) -> None:
+    """Median across seeds (step line, dash style by family) with the 25–75 % band, one line per config.
+    The quantiles are computed per grid point with one vectorized groupby (seaborn's per-point estimator
+    is too slow for hundreds of trials)."""
+    df = df.dropna(subset=["y"])
+    if df.empty:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.4", transform=ax.transAxes)
+        return
+    q = df.groupby(["config", "x"], sort=True)["y"].quantile([0.25, 0.5, 0.75]).unstack()
+    fam = df.drop_duplicates("config").set_index("config")["family"]
+    for config in [c for c in hue_order if c in fam.index]:
+        c = q.loc[config]
+        x = c.index.to_numpy(dtype=float)
+        dashes = FAMILY_DASHES.get(fam[config], "")
+        (line,) = ax.plot(x, c[0.5], drawstyle="steps-post", color=colors.get(config), lw=1.6, label=config)
+        if dashes:
+            line.set_dashes(dashes)
+        ax.fill_between(x, c[0.25], c[0.75], step="post", color=colors.get(config), alpha=0.18, lw=0)
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)  # constrained layout keeps legends inside: no 'tight' re-draw
+    return buf.getvalue()
+
+
+def save(fig: Figure, path_stem, formats=("png", "svg")) -> list:
+    """Write ``fig`` as ``<path_stem>.png`` / ``.svg``; returns the paths."""
+    from pathlib import Path
+
+    paths = []
+    for fmt in formats:
+        p = Path(f"{path_stem}.{fmt}")
+        fig.savefig(p, format=fmt)
+        paths.append(p)
+    return paths
+
+
+# ------------------------------------------------------------------------------------- 1 convergence
+def convergence(study: Study) -> Figure:
+    """Figure 1: training loss and accuracy against iterations, gradient-equivalents and wall time, every
+    config, one pair of rows per network; median across seeds and interquartile band."""
+    title = "1. Convergence: median across seeds, band = 25–75 %"
+    if study.iterations.empty or study.iterations["loss"].notna().sum() == 0:
+        return _no_data(title, "the study has no iteration rows yet")
+    study, configs, note = _focus(study)
+    it = study.iterations
+    problems = [p for p in study.problems if p in set(it["problem"])]
+    colors = palette(configs)
+    with _style():
+        fig = Figure(figsize=(15, 3.1 * 2 * len(problems)), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(2 * len(problems), 3, squeeze=False))
+        for j, x in enumerate(X_AXES):
+            log_x = x != "iteration"
+            for k, y in enumerate(Y_AXES):
+                long = resample(it, x, y, log=log_x)
+                for i, problem in enumerate(problems):
+                    ax = axes[2 * i + k, j]
+                    _median_band(ax, long[long["problem"] == problem], colors, configs)
+                    ax.set_xlabel(X_AXES[x])
+                    ax.set_ylabel(f"{Y_AXES[y]}\n{problem}" if j == 0 else Y_AXES[y])
+                    if log_x:
+                        ax.set_xscale("log")
+                    if y == "loss":
+                        ax.set_yscale("log")
+                        ax.axhline(LN2, color="0.5", lw=0.8, ls=":")
+                    else:
+                        ax.set_ylim(-0.02, 1.02)
+                    ax.set_title(f"{problem}: {Y_AXES[y]} vs {X_AXES[x].split(' (')[0]}", fontsize=9)
+        _legend(fig, axes, "config (line style: family)")
+    return _done(fig, title, note)
+
+
+# -------------------------------------------------------------------------------------- 2 robustness
+def robustness(study: Study) -> Figure:
+    """Figure 2: data profiles (fraction of seeds that reached the target accuracy within a budget of
+    iterations or gradient-equivalents) and the iterations to target of each solved run."""
+    title = "2. Robustness: fraction of seeds reaching the target accuracy, and iterations to target"
+    if study.trials.empty:
+        return _no_data(title, "the study has no trials")
+    study, configs, note = _focus(study)
+    t = study.trials
+    problems = study.problems
+    colors = palette(configs)
+    with _style():
+        fig = Figure(figsize=(5.2 * len(problems) + 1, 3.3 * 3), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(3, len(problems), squeeze=False))
+        for r, axis in enumerate(("iteration", "grad_equivalents")):
+            prof = T.profile(study, axis)
+            budget_max = float(pd.to_numeric(study.iterations.get(axis), errors="coerce").max()) if len(study.iterations) else 1.0
+            for c, problem in enumerate(problems):
+                ax = axes[r, c]
+                p = prof[prof["problem"] == problem]
+                for config in configs:
+                    q = p[p["config"] == config]
+                    if q.empty:
+                        continue
+                    xs = np.append(q["budget"].to_numpy(), budget_max if np.isfinite(budget_max) else q["budget"].max())
+                    ys = np.append(q["fraction"].to_numpy(), q["fraction"].iloc[-1])
+                    if axis == "grad_equivalents":  # log budget axis: the profile starts at one gradient
+                        xs = np.maximum(xs, 1.0)
+                    ax.step(xs, ys, where="post", color=colors[config], label=config, lw=1.6)
+                if axis == "grad_equivalents":
+                    ax.set_xscale("log")
+                ax.set_ylim(-0.03, 1.03)
+                ax.set_xlabel(f"budget: {X_AXES[axis]}")
+                ax.set_ylabel("fraction of seeds at target")
+                ax.set_title(f"{problem}: data profile vs {X_AXES[axis].split(' (')[0]}", fontsize=9)
+        for c, problem in enumerate(problems):
+            ax = axes[2, c]
+            g = t[t["problem"] == problem]
+            solved = g[g["solved"]].assign(iters=lambda d: pd.to_numeric(d["iters_to_target"], errors="coerce"))
+            order = [cf for cf in configs if cf in set(g["config"])]
+            if solved.empty:
+                ax.text(0.5, 0.5, "no run reached the target accuracy", ha="center", va="center", color="0.4",
+                        transform=ax.transAxes)
+                ax.set_yticks(range(len(order)), order)
+            else:
+                with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
+                    warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+                    sns.boxplot(data=solved, x="iters", y="config", order=order, hue="config", palette=colors,
+                                ax=ax, fliersize=0, width=0.5, legend=False, boxprops={"alpha": 0.35})
+                sns.stripplot(data=solved, x="iters", y="config", order=order, hue="config", palette=colors,
+                              ax=ax, size=5, legend=False, jitter=0.15)
+            counts = g.groupby("config")["solved"].agg(["sum", "size"])
+            ax.set_yticks(range(len(order)), [f"{cf}  ({int(counts.loc[cf, 'sum'])}/{int(counts.loc[cf, 'size'])})"
+                                             for cf in order])
+            ax.set_xlabel("iterations to target (solved runs)")
+            ax.set_ylabel("")
+            ax.set_title(f"{problem}: iterations to target (solved/seeds)", fontsize=9)
+        _legend(fig, axes[:2], "config")
+    return _done(fig, title, note)
+
+
+# ------------------------------------------------------------------------------------- 3 sensitivity
+def sensitivity(study: Study) -> Figure:
+    """Figure 3: heatmaps over memory m × radius r of the median (over seeds) iterations and
+    gradient-equivalents to target, faceted by Option I/II and sampled method; unsolved runs count as ∞
+    (a cell shows '∞' when at least half its seeds failed). Under Option II the columns (r) are identical."""
+    title = "3. Sensitivity of the sampled methods to m and r, Option I (grad-diff) vs II (hvp)"
+    tab = T.sensitivity_table(study)
+    if tab.empty:
+        return _no_data(title, f"the study has no runs of the sampled methods ({', '.join(SAMPLED)})")
+    any_solved = bool(tab["solved"].sum())
+    metrics = (["iterations to target", "grad-eq to target"] if any_solved else ["best loss"])
+    # columns: (method, Option); rows: problem × metric; one colour scale per row, so the Options compare
+    columns = [(m, s) for m in SAMPLED for s in ("grad-diff", "hvp")
+               if ((tab["method"] == m) & (tab["sampling"] == s)).any()]
+    problems = [p for p in study.problems if p in set(tab["problem"])]
+    ncol, nrow = len(columns), len(problems) * len(metrics)
+    nm = len(tab["memory"].unique())
+    nr = len(tab["radius"].unique())
+    with _style():
+        fig = Figure(figsize=(ncol * max(3.4, 0.9 * nr + 2.0), nrow * max(2.4, 0.55 * nm + 1.4)),
+                     layout="constrained")
+        axes = np.atleast_2d(fig.subplots(nrow, ncol, squeeze=False))
+        for (pi, problem), (k, metric), (c, (method, sampling)) in itertools.product(
+                enumerate(problems), enumerate(metrics), enumerate(columns)):
+            ax = axes[pi * len(metrics) + k, c]
+            sel = tab[(tab["problem"] == problem) & (tab["method"] == method) & (tab["sampling"] == sampling)]
+            opt = "Option I (grad-diff)" if sampling == "grad-diff" else "Option II (hvp)"
+            if sel.empty:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{problem} · {method} · {opt}:\nno runs", ha="center", va="center",
+                        color="0.4", transform=ax.transAxes, fontsize=9)
+                continue
+            row_vals = tab.loc[tab["problem"] == problem, metric].replace(np.inf, np.nan).dropna()
+            vmin, vmax = (float(row_vals.min()), float(row_vals.max())) if len(row_vals) else (0.0, 1.0)
+            grid = sel.pivot_table(index="memory", columns="radius", values=metric, aggfunc="first")
+            solved = sel.pivot_table(index="memory", columns="radius", values="solved", aggfunc="first")
+            n = sel.pivot_table(index="memory", columns="radius", values="trials", aggfunc="first")
+            shown = grid.replace([np.inf], np.nan).astype(float)
+            empty = bool(shown.isna().all().all())
+            sns.heatmap(shown, ax=ax, cmap="viridis_r", cbar=not empty, linewidths=0.5, linecolor="white",
+                        mask=shown.isna(), vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
+                        cbar_kws={"label": metric})
+            for a, i in enumerate(grid.index):  # annotate every cell, the masked (∞ / missing) ones too
+                for b, j in enumerate(grid.columns):
+                    v = grid.loc[i, j]
+                    txt = "∞" if v == np.inf else ("–" if pd.isna(v) else (f"{v:.3g}" if metric == "best loss"
+                                                                             else f"{v:.0f}"))
+                    if any_solved and not pd.isna(solved.loc[i, j]):
+                        txt += f"\n{int(solved.loc[i, j])}/{int(n.loc[i, j])}"
+                    ax.text(b + 0.5, a + 0.5, txt, ha="center", va="center", fontsize=8,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+            ax.set_facecolor("0.85")  # ∞ / missing cells
+            ax.grid(False)
+            ax.set_xticklabels([f"{r:g}" for r in grid.columns])
+            ax.set_yticklabels([f"{int(i)}" if float(i).is_integer() else f"{i:g}" for i in grid.index], rotation=0)
+            ax.set_xlabel("radius r")
+            ax.set_ylabel("memory m")
+            ax.set_title(f"{problem} · {method} · {opt}\n{metric}", fontsize=9)
+        note = ("median over seeds; unsolved runs count as ∞; cell text: value, solved/seeds"
+                if any_solved else "no run reached the target: colour = median best loss")
+        fig.supxlabel(note, fontsize=9, color="0.3")
+    return _done(fig, title)
+
+
+# -------------------------------------------------------------------------------------------- 4 cost
+def cost(study: Study) -> Figure:
+    """Figure 4: per-iteration cost of each config (median over seeds of the per-trial mean): wall time split
+    into gradient, pair sampling, linear algebra and line search / TR trial; gradient-equivalents split by
+    kind of oracle call, with the poster's theoretical cost / nd (◆) at the problem's n, d, m and the
+    measured κ; and the poster's storage."""
+    title = "4. Cost per iteration: measured vs the poster's cost and storage table"
+    study, configs, note = _focus(study)
+    ct = T.cost_table(study)
+    if ct.empty:
+        return _no_data(title, "no iterations beyond the initial point")
+    theory = T.theory_table(study)
+    problems = [p for p in study.problems if p in set(ct["problem"])]
+    with _style():
+        fig = Figure(figsize=(17, max(3.0, 0.42 * len(configs) + 1.6) * len(problems)), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(len(problems), 3, squeeze=False))
+        phase_colors = sns.color_palette("Set2", len(T.PHASES))
+        kind_colors = sns.color_palette("Pastel1", len(T.KINDS))
+        for i, problem in enumerate(problems):
+            c = ct[ct["problem"] == problem].set_index("config")
+            c = c.loc[[cf for cf in configs if cf in c.index][::-1]]
+            ax = axes[i, 0]
+            phases = c[[f"ms {v}" for v in T.PHASES.values()]]
+            phases.columns = list(T.PHASES.values())
+            phases.plot.barh(stacked=True, ax=ax, color=phase_colors, width=0.7, legend=False)
+            ax.set_xlabel("wall time per iteration (ms)")
+            ax.set_ylabel("")
+            ax.set_title(f"{problem}: measured time by phase", fontsize=9)
+            ax = axes[i, 1]
+            kinds = c[[f"grad-eq {v}" for v in T.KINDS.values()]].clip(lower=0)
+            kinds.columns = list(T.KINDS.values())
+            kinds.plot.barh(stacked=True, ax=ax, color=kind_colors, width=0.7, legend=False,
+                            edgecolor="0.5", linewidth=0.4)
+            th = theory[theory["problem"] == problem].set_index("config") if len(theory) else pd.DataFrame()
+            ypos = {cf: k for k, cf in enumerate(c.index)}
+            if len(th):
+                pts = [(th.loc[cf, "cost / nd"], ypos[cf]) for cf in th.index if cf in ypos]
+                if pts:
+                    ax.scatter(*zip(*pts), marker="D", color="black", zorder=5, s=28,
+                               label="poster: cost / nd (measured κ)")
+            ax.set_xlabel("gradient-equivalents per iteration (1 ≈ nd flops)")
+            ax.set_ylabel("")
+            ax.set_yticks(range(len(c.index)), [])
+            ax.set_title(f"{problem}: measured gradient-equivalents vs poster cost", fontsize=9)
+            ax = axes[i, 2]
+            if len(th):
+                st = th.reindex([cf for cf in c.index if cf in th.index])
+                ax.barh([ypos[cf] for cf in st.index], st["storage (floats)"], color="0.6", height=0.6)
+                for cf, row in st.iterrows():
+                    ax.text(row["storage (floats)"], ypos[cf], f"  {row['storage formula']} = {row['storage (floats)']:,.0f}",
+                            va="center", fontsize=8)
+                ax.set_xscale("log")
+                ax.set_xlim(1, float(st["storage (floats)"].max()) * 300)  # bars from 1 float; room for the labels
+                ax.set_ylim(-0.6, len(c.index) - 0.4)
+                ax.set_yticks(range(len(c.index)), [])
+                ax.set_xlabel("storage (floats), poster's table")
+            else:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no method of the poster's table in the study", ha="center", va="center",
+                        color="0.4", transform=ax.transAxes)
+            ax.set_title(f"{problem}: storage (n={T.problem_size(problem)['n']}, d={T.problem_size(problem)['d']})",
+                         fontsize=9)
+        h1, l1 = axes[0, 0].get_legend_handles_labels()
+        h2, l2 = axes[0, 1].get_legend_handles_labels()
+        fig.legend(h1 + h2, l1 + l2, loc="outside right center", frameon=False, title="time phase / grad-eq kind")
+    return _done(fig, title, note)
+
+
+# ------------------------------------------------------------------------------------------- 5 eigen
+def eigen_spectra(study_or_eigen) -> Figure:
+    """Figure 5: eigenvalues (ascending, by rank) at the start, a plateau / saddle point and near the solution
+    of an S-LSR1 trajectory: the true Hessian against the SR1 family (top) and the BFGS family (bottom).
+    Sampled approximations from pairs sampled at the point, path ones from the trajectory's preceding steps."""
+    title = "5. Eigenvalue spectra along an S-LSR1 trajectory: true Hessian vs quasi-Newton approximations"
+    eig = study_or_eigen.eigen if isinstance(study_or_eigen, Study) else study_or_eigen
+    if eig is None or len(eig) == 0:
+        return _no_data(title, "no eigen.parquet beside the study (make it with `sqn-ray eigen --out DIR/eigen.parquet`)")
+    points = [p for p in T.POINTS if p in set(eig["point"])] + sorted(set(eig["point"]) - set(T.POINTS))
+    families = [("SR1 family", ["s-lsr1", "lsr1", "sr1"]), ("BFGS family", ["s-lbfgs", "lbfgs", "bfgs"])]
+    colors = {"hessian": "black", "s-lsr1": "#d62728", "lsr1": "#1f77b4", "sr1": "#2ca02c",
+              "s-lbfgs": "#d62728", "lbfgs": "#1f77b4", "bfgs": "#2ca02c"}
+    markers = {"hessian": "", "s-lsr1": "o", "lsr1": "s", "sr1": "^", "s-lbfgs": "o", "lbfgs": "s", "bfgs": "^"}
+    lin = max(1e-4, float(np.nanpercentile(np.abs(eig["eigenvalue"]), 20)) or 1e-4)
+    with _style():
+        fig = Figure(figsize=(5.0 * len(points) + 1.5, 8), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(2, len(points), squeeze=False, sharey="row"))
+        for c, point in enumerate(points):
+            pe = eig[eig["point"] == point]
+            it = int(pe["iteration"].iloc[0])
+            extra = ""
+            if "loss" in pe and pe["loss"].notna().any():
+                extra = f", loss {pe['loss'].iloc[0]:.4g}"
+            if "accuracy" in pe and pe["accuracy"].notna().any():
+                extra += f", acc {pe['accuracy'].iloc[0]:.2f}"
+            for r, (fam, mats) in enumerate(families):
+                ax = axes[r, c]
+                for mat in ["hessian"] + mats:
+                    q = pe[pe["matrix"] == mat].sort_values("rank")
+                    if q.empty:
+                        continue
+                    ax.plot(q["rank"], q["eigenvalue"], color=colors.get(mat, "0.5"), marker=markers.get(mat, "."),
+                            ms=4 if mat != "hessian" else 0, lw=2.2 if mat == "hessian" else 0.9,
+                            alpha=1.0 if mat == "hessian" else 0.85, label=MATRIX_LABELS.get(mat, mat))
+                ax.axhline(0, color="0.5", lw=0.7)
+                ax.set_yscale("symlog", linthresh=lin)
+                ax.set_xlabel("eigenvalue rank (ascending)")
+                ax.set_ylabel(f"eigenvalue ({fam})" if c == 0 else "")
+                ax.set_title(f"{POINT_LABELS.get(point, point)}: iteration {it}{extra}\n{fam}", fontsize=9)
+        for r in range(2):
+            h, lab = axes[r, 0].get_legend_handles_labels()
+            axes[r, -1].legend(h, lab, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return _done(fig, title)
+
+
+# ----------------------------------------------------------------------------------------- 6 anchors
+def anchors(study: Study) -> Figure:
+    """Figure 6: our LBFGS and BFGS beside the external anchors (torch.optim.LBFGS, scipy L-BFGS-B, scipy BFGS)
+    on the same seeds: loss against iterations and gradient-equivalents, accuracy against iterations."""
+    title = "6. External anchors: our LBFGS / BFGS beside torch.optim.LBFGS and scipy"
+    present = [m for m in ANCHORS if m in study.methods]
+    if not present:
+        return _no_data(title, f"the study runs none of {', '.join(ANCHORS)}")
+    sub = study.of(["lbfgs", "bfgs", *ANCHORS])
+    configs = [c for c in study.configs if c in set(sub.trials["config"])]
+    colors = palette(configs)
+    problems = [p for p in study.problems if p in set(sub.trials["problem"])]
+    panels = [("iteration", "loss"), ("grad_equivalents", "loss"), ("iteration", "accuracy_filled")]
+    with _style():
+        fig = Figure(figsize=(15, 3.4 * len(problems)), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(len(problems), len(panels), squeeze=False))
+        for j, (x, y) in enumerate(panels):
+            long = resample(sub.iterations, x, y, log=x != "iteration")
+            for i, problem in enumerate(problems):
+                ax = axes[i, j]
+                _median_band(ax, long[long["problem"] == problem], colors, configs)
+                ax.set_xlabel(X_AXES[x])
+                ax.set_ylabel(f"{Y_AXES[y]}\n{problem}" if j == 0 else Y_AXES[y])
+                if x != "iteration":
+                    ax.set_xscale("log")
+                if y == "loss":
+                    ax.set_yscale("log")
+                    ax.axhline(LN2, color="0.5", lw=0.8, ls=":")
+                ax.set_title(f"{problem}: {Y_AXES[y]} vs {X_AXES[x].split(' (')[0]}", fontsize=9)
+        _legend(fig, axes, "config (line style: family)")
+    return _done(fig, title)
+
+
+#: (file stem, title, function) of every report figure, in report order
+FIGURES = (
+    ("fig1-convergence", "Convergence", convergence),
+    ("fig2-robustness", "Robustness", robustness),
+    ("fig3-sensitivity", "Sensitivity to m, r and Option I/II", sensitivity),
+    ("fig4-cost", "Cost per iteration", cost),
+    ("fig5-eigen", "Eigenvalue spectra", eigen_spectra),
+    ("fig6-anchors", "External anchors", anchors),
+)

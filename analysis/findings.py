@@ -1,0 +1,244 @@
+"""A short text of findings, every number computed from the study's data (no sentence is canned).
+
+:func:`findings` returns a list of :class:`Finding` (a topic and one or two sentences); the report shows them
+at the top. Claims of the paper are stated as "consistent with" or "not what the paper reports", from the
+numbers of this study only: a smoke study with 15 iterations says little, and the text says what it saw.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import tables as T
+from .load import CLASSICAL, FIRST_ORDER, LN2, Study
+
+__all__ = ["Finding", "findings"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}: {self.text}"
+
+
+def _g(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "∞"
+    return f"{x:.{digits}g}"
+
+
+def _frac(k: int, n: int) -> str:
+    return f"{k}/{n} ({100.0 * k / n:.0f} %)" if n else "0/0"
+
+
+def _overview(study: Study) -> list[Finding]:
+    t = study.trials
+    counts = t["status"].value_counts()
+    parts = ", ".join(f"{counts[s]} {s}" for s in ("solved", "budget", "diverged", "failed", "running", "unknown")
+                      if s in counts)
+    text = (f"{len(t)} trials ({parts}) of {len(study.configs)} configurations on "
+            f"{', '.join(study.problems)}; {t['seed'].nunique()} seed(s) per configuration")
+    out = [Finding("Study", text + ".")]
+    if study.running:
+        out.append(Finding("Partial", f"{study.running} trial(s) have no final status yet (the study is running or "
+                                      "was interrupted); every figure shows the rows written so far."))
+    return out
+
+
+def _per_problem(study: Study) -> list[Finding]:
+    out = []
+    summary = T.summary_table(study)
+    for problem, s in summary.groupby("problem", sort=False):
+        t = study.trials[study.trials["problem"] == problem]
+        target = pd.to_numeric(t["target_accuracy"], errors="coerce").median()
+        tgt = f"{100 * target:.0f} % training accuracy" if not math.isnan(target) else "the target"
+        if s["solved"].sum() == 0:
+            best = s.loc[s["median final loss"].idxmin()] if s["median final loss"].notna().any() else None
+            budget = _g(pd.to_numeric(t["iterations"], errors="coerce").max())
+            text = f"no run reached {tgt} within the budget (at most {budget} iterations)"
+            if best is not None:
+                text += f"; lowest median final loss: {best['config']} ({_g(best['median final loss'])})"
+            out.append(Finding(problem, text + "."))
+            continue
+        ranked = s.assign(_ge=s["median grad-eq to target"].fillna(np.inf)).sort_values(
+            ["solved %", "_ge"], ascending=[False, True])
+        best = ranked.iloc[0]
+        text = (f"most robust: {best['config']}, {_frac(int(best['solved']), int(best['trials']))} of its seeds reached "
+                f"{tgt}, median {_g(best['median iterations to target'])} iterations and "
+                f"{_g(best['median grad-eq to target'])} gradient-equivalents to get there")
+        solvers = s[s["solved %"] >= 50]
+        if len(solvers):
+            cheap = solvers.loc[solvers["median grad-eq to target"].idxmin()]
+            if cheap["config"] != best["config"]:
+                text += (f"; cheapest among configs solving at least half their seeds: {cheap['config']} "
+                         f"({_g(cheap['median grad-eq to target'])} gradient-equivalents)")
+        never = list(s.loc[s["solved"] == 0, "config"])
+        if never:
+            text += f"; never reached it: {', '.join(never)}"
+        out.append(Finding(problem, text + "."))
+    return out
+
+
+def _claims(study: Study) -> list[Finding]:
+    out = []
+    t = study.trials
+    for problem in study.problems:
+        p = t[t["problem"] == problem]
+        rate = p.groupby("method")["solved"].agg(["sum", "size"])
+        if "s-lsr1" in rate.index:
+            others = [m for m in (*CLASSICAL, *FIRST_ORDER) if m in rate.index]
+            if others:
+                s = rate.loc["s-lsr1"]
+                text = (f"S-LSR1 reached the target in {_frac(int(s['sum']), int(s['size']))} of its runs; "
+                        + ", ".join(f"{m} in {_frac(int(rate.loc[m, 'sum']), int(rate.loc[m, 'size']))}" for m in others))
+                best_other = max(rate.loc[m, "sum"] / rate.loc[m, "size"] for m in others)
+                mine = s["sum"] / s["size"]
+                verdict = ("consistent with the paper (S-LSR1 more robust than the classical and first-order methods)"
+                           if mine > best_other else
+                           "not what the paper reports (S-LSR1 should be the most robust)" if mine < best_other
+                           else "no difference in this study")
+                out.append(Finding(f"Paper claim, {problem}", f"{text}: {verdict}."))
+        if "s-lbfgs" in rate.index and "lbfgs" in rate.index:
+            fl = p.groupby("method")["final_loss"].median()
+            a, b = rate.loc["s-lbfgs"], rate.loc["lbfgs"]
+            ra, rb = a["sum"] / a["size"], b["sum"] / b["size"]
+            better = ra > rb or (ra == rb and fl["s-lbfgs"] < fl["lbfgs"])
+            text = (f"S-LBFGS solved {_frac(int(a['sum']), int(a['size']))} (median final loss {_g(fl['s-lbfgs'])}), "
+                    f"LBFGS {_frac(int(b['sum']), int(b['size']))} ({_g(fl['lbfgs'])})")
+            verdict = "S-LBFGS ahead, as the paper reports" if better else "LBFGS not behind S-LBFGS here, unlike the paper"
+            if "s-lsr1" in rate.index:
+                c = rate.loc["s-lsr1"]
+                rc = c["sum"] / c["size"]
+                ahead = rc > ra or (rc == ra and fl["s-lsr1"] < fl["s-lbfgs"])
+                verdict += "; S-LSR1 ahead of S-LBFGS, as reported" if ahead else "; S-LSR1 not ahead of S-LBFGS here"
+            out.append(Finding(f"Paper claim, {problem}", f"{text}: {verdict}."))
+    return out
+
+
+def _plateau(study: Study) -> list[Finding]:
+    pt = T.plateau_table(study)
+    hits = pt[pt["plateau"] > 0]
+    if pt.empty:
+        return []
+    if hits.empty:
+        return [Finding("Saddle plateau", f"no run ended on the plateau (final loss within 0.01 of ln 2 ≈ {LN2:.4f} "
+                                          "without reaching the target).")]
+    parts = [f"{r['config']} {int(r['plateau'])}/{int(r['trials'])}" + (f" on {r['problem']}" if len(study.problems) > 1 else "")
+             for _, r in hits.iterrows()]
+    return [Finding("Saddle plateau", f"runs that ended on the plateau (final loss within 0.01 of ln 2 ≈ {LN2:.4f}, "
+                                      f"target not reached): {', '.join(parts)}.")]
+
+
+def _invariance(study: Study) -> list[Finding]:
+    inv = T.radius_invariance(study)
+    if inv.empty:
+        return []
+    out = []
+    for sampling, g in inv.groupby("sampling", sort=False):
+        name = "Option II (hvp)" if sampling == "hvp" else "Option I (grad-diff)" if sampling == "grad-diff" else sampling
+        dev = float(g["max |Δ loss|"].max())
+        radii = sorted({r for s in g["radii"] for r in s.split(", ")}, key=float)
+        spread = g["spread"].replace(np.inf, np.nan)
+        text = (f"across r ∈ {{{', '.join(radii)}}}, runs with the same method, m and seed differ in loss by at most "
+                f"{_g(dev)} ({len(g)} group(s))")
+        if spread.notna().any():
+            text += f"; iterations to target vary by up to {_g(float(spread.max()))}"
+        if (g["spread"] == np.inf).any():
+            text += "; some r solve where others do not"
+        if sampling == "hvp":
+            verdict = ("invariant to r up to round-off, as the theory says (Y = ∇²F·S is linear in S)" if dev <= 1e-8
+                       else "NOT invariant to r, although Y = ∇²F·S is linear in S: worth a bug report")
+        else:
+            verdict = "sensitive to r (finite differences)" if dev > 1e-8 else "no sensitivity to r seen here"
+        out.append(Finding(f"Radius, {name}", f"{text}: {verdict}."))
+    return out
+
+
+def _cost(study: Study) -> list[Finding]:
+    ct = T.cost_table(study)
+    th = T.theory_table(study)
+    out = []
+    for problem, c in ct.groupby("problem", sort=False):
+        fast = c.loc[c["ms / iteration"].idxmin()]
+        slow = c.loc[c["ms / iteration"].idxmax()]
+        if len(c) == 1:
+            text = (f"per iteration, {fast['config']} costs {_g(fast['ms / iteration'])} ms and "
+                    f"{_g(fast['grad-eq / iteration'])} gradient-equivalents")
+        else:
+            text = (f"per iteration, {fast['config']} is cheapest in time ({_g(fast['ms / iteration'])} ms, "
+                    f"{_g(fast['grad-eq / iteration'])} gradient-equivalents) and {slow['config']} dearest "
+                    f"({_g(slow['ms / iteration'])} ms, {_g(slow['grad-eq / iteration'])} gradient-equivalents)")
+        t = th[th["problem"] == problem] if len(th) else th
+        if len(t):
+            size = T.problem_size(problem)
+            pairs = "; ".join(f"{r['config']} {_g(r['measured grad-eq / iteration'])} vs {_g(r['cost / nd'])}"
+                              for _, r in t.iterrows())
+            text += (f". Measured gradient-equivalents per iteration vs the poster's cost / nd at n = {size['n']}, "
+                     f"d = {size['d']} and the measured κ: {pairs}")
+        out.append(Finding(f"Cost, {problem}", text + "."))
+    return out
+
+
+def _anchors(study: Study) -> list[Finding]:
+    ap = T.anchor_pairs(study)
+    out = []
+    for _, r in ap.iterrows():
+        out.append(Finding(f"Anchors, {r['problem']}",
+                           f"{r['ours']} vs {r['anchor']} from the same {r['common seeds']} initial point(s): same outcome "
+                           f"on {r['same outcome']}, solved {r['solved (ours)']} vs {r['solved (anchor)']}; median final "
+                           f"loss {_g(r['median final loss (ours)'])} vs {_g(r['median final loss (anchor)'])} "
+                           f"(median |Δ| {_g(r['median |Δ final loss|'])})."))
+    return out
+
+
+def _eigen(study: Study) -> list[Finding]:
+    et = T.eigen_table(study.eigen)
+    if et.empty:
+        return []
+    out = []
+    closer = {"s-lsr1": 0, "lsr1": 0, "sr1": 0}
+    npts = 0
+    for point, g in et.groupby("point", sort=False):
+        g = g.set_index("matrix")
+        if "hessian" not in g.index:
+            continue
+        npts += 1
+        h = g.loc["hessian"]
+        parts = [f"true Hessian λ ∈ [{_g(h['λ_min'])}, {_g(h['λ_max'])}] ({int(h['negative'])} negative)"]
+        errs = {}
+        for m, label in (("s-lsr1", "S-LSR1"), ("lsr1", "LSR1"), ("sr1", "SR1")):
+            if m in g.index:
+                r = g.loc[m]
+                parts.append(f"{label} [{_g(r['λ_min'])}, {_g(r['λ_max'])}]")
+                errs[m] = abs(r["λ_min"] - h["λ_min"]) + abs(r["λ_max"] - h["λ_max"])
+        if errs:
+            closer[min(errs, key=errs.get)] += 1
+        loss = f", loss {_g(h['loss'], 4)}" if "loss" in g.columns else ""
+        out.append(Finding(f"Spectra, {point}", f"iteration {int(h['iteration'])}{loss}: " + "; ".join(parts) + "."))
+    if npts and any(closer.values()):
+        best = max(closer, key=closer.get)
+        label = {"s-lsr1": "S-LSR1", "lsr1": "LSR1", "sr1": "SR1"}[best]
+        verdict = ("consistent with the poster: the sampled matrix recovers the extreme eigenvalues, negative ones included"
+                   if best == "s-lsr1" else "not what the poster shows (there S-LSR1 is closest)")
+        out.append(Finding("Spectra", f"{label} has the extreme eigenvalues closest to the true Hessian's at "
+                                      f"{closer[best]} of {npts} points: {verdict}."))
+    return out
+
+
+def findings(study: Study) -> list[Finding]:
+    """Every finding the data supports, in report order."""
+    out = []
+    for part in (_overview, _per_problem, _claims, _plateau, _invariance, _cost, _anchors, _eigen):
+        try:
+            out += part(study)
+        except (KeyError, ValueError, IndexError) as e:  # a partial study may lack what one finding needs
+            out.append(Finding(part.__name__.strip("_").capitalize(), f"not computed ({type(e).__name__}: {e})."))
+    return out

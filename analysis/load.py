@@ -1,0 +1,303 @@
+"""Load a study's results from Parquet, and nothing else: ``DIR/iterations.parquet``, ``DIR/trials.parquet``
+(the study platform's contract, see :mod:`sqn_ray.study.results`) and, when present, ``DIR/eigen.parquet``
+(written by ``sqn-ray eigen``, see :mod:`analysis.eigen`).
+
+    >>> from analysis.load import load_study
+    >>> study = load_study("results/paper-toy")
+    >>> study.trials.groupby(["problem", "config"]).solved.mean()
+
+Partial studies load too: a study that is still running (trials with status ``running``), one whose
+``trials.parquet`` is missing (trial summaries are then derived from the iterations) or one with only some
+methods. Every trial gets a ``config`` label: its method plus the options that vary between that method's
+trials in this study (``s-lsr1 [m=5, Option I]``), so that seeds of one configuration share a label.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sqn_ray.io import read_parquet_metadata as read_metadata  # one reader for every Parquet the project writes
+
+__all__ = ["Study", "load_study", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
+           "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE", "TRIALS_FILE",
+           "EIGEN_FILE"]
+
+ITERATIONS_FILE = "iterations.parquet"
+TRIALS_FILE = "trials.parquet"
+EIGEN_FILE = "eigen.parquet"
+LN2 = math.log(2.0)
+
+#: the registry's methods in the order figures and tables list them (unknown methods follow, sorted)
+METHOD_ORDER = ("s-lsr1", "s-lbfgs", "lsr1", "lbfgs", "sr1", "bfgs", "gd", "adam", "torch-lbfgs",
+                "scipy-lbfgsb", "scipy-bfgs")
+SAMPLED = ("s-lsr1", "s-lbfgs")
+CLASSICAL = ("lsr1", "lbfgs", "sr1", "bfgs")
+FIRST_ORDER = ("gd", "adam")
+ANCHORS = ("torch-lbfgs", "scipy-lbfgsb", "scipy-bfgs")
+
+#: columns of iterations.parquet the analysis uses (missing ones are added as NaN)
+ITERATION_COLUMNS = ("iteration", "loss", "accuracy", "grad_norm", "n_fun", "n_grad", "n_hvp", "grad_equivalents",
+                     "epochs", "wall_time", "step_size", "trust_radius", "pairs_kept", "s_norm", "inner_iters",
+                     "t_pairs", "t_model", "t_search", "t_grad")
+#: trials.parquet columns that are results or bookkeeping, not hyperparameters
+_TRIAL_RESULT_COLUMNS = {
+    "study", "trial_id", "cell", "variant", "problem", "method", "seed", "status", "stop_reason", "error",
+    "optimizer_status", "message", "final_loss", "best_loss", "final_accuracy", "best_accuracy", "final_grad_norm",
+    "iterations", "grad_equivalents", "epochs", "target_accuracy", "iters_to_target", "grad_equivalents_to_target",
+    "wall_time_to_target", "wall_time", "trial_time", "node_id", "node_ip", "hostname", "device", "gpu_ids",
+    "cuda_visible_devices", "threads", "pid", "started_at", "finished_at", "metric", "metric_value", "rank",
+}
+_OPTION_SHORT = {"memory": "m", "radius": "r"}
+
+
+def family(method: str) -> str:
+    """sampled / classical / first-order / anchor: the line style of a method in the figures."""
+    if method in SAMPLED:
+        return "sampled QN"
+    if method in CLASSICAL:
+        return "classical QN"
+    if method in ANCHORS:
+        return "external anchor"
+    return "first order" if method in FIRST_ORDER else "other"
+
+
+def _method_rank(method: str) -> tuple:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+@functools.lru_cache(maxsize=None)
+def problem_size(name: str) -> dict[str, Any]:
+    """``{"n": samples, "d": parameters, "target": target accuracy}`` of a named problem (None values if the
+    problem library does not know it). Computed from the problem definition, not read from any run."""
+    try:
+        from sqn_ray.problems import get_problem
+
+        p = get_problem(name)
+        return {"n": int(p.n_samples), "d": int(p.dim), "target": p.target_accuracy}
+    except Exception:  # noqa: BLE001 - an unknown or unavailable problem just has no size
+        return {"n": None, "d": None, "target": None}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+
+def load_eigen(path: str | Path) -> pd.DataFrame:
+    """``eigen.parquet`` (columns point, iteration, matrix, rank, eigenvalue, ...), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such eigenvalue file (make one with `sqn-ray eigen --out {path}`)")
+    df = _read(path)
+    missing = {"point", "iteration", "matrix", "rank", "eigenvalue"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: not an eigenvalue file: missing columns {sorted(missing)}")
+    return df
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:g}"
+    return str(v)
+
+
+def config_label(method: str, options: dict) -> str:
+    """``method`` or ``method [m=5, r=0.01, Option I]`` from the options that distinguish the config."""
+    parts = []
+    for k in sorted(options, key=lambda k: (["memory", "radius", "sampling"] + [k]).index(k)):
+        v = options[k]
+        if k == "sampling":
+            parts.append({"grad-diff": "Option I", "hvp": "Option II"}.get(v, f"sampling={v}"))
+        else:
+            parts.append(f"{_OPTION_SHORT.get(k, k)}={_fmt_value(v)}")
+    return f"{method} [{', '.join(parts)}]" if parts else method
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA
+
+
+@dataclass
+class Study:
+    """A study's results. ``iterations``: one row per trial × iteration; ``trials``: one row per trial; both
+    carry ``config`` (method + distinguishing options), ``family`` and the option columns. ``eigen``: the
+    figure-5 data, or None. ``metadata``: the Parquet metadata (study spec, versions, git revision)."""
+
+    path: Path
+    iterations: pd.DataFrame
+    trials: pd.DataFrame
+    eigen: pd.DataFrame | None = None
+    metadata: dict = field(default_factory=dict)
+    options: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        spec = self.metadata.get("sqn_ray.study")
+        if isinstance(spec, dict) and spec.get("name"):
+            return str(spec["name"])
+        names = self.trials["study"].dropna().unique() if "study" in self.trials else []
+        return str(names[0]) if len(names) else self.path.name
+
+    @property
+    def description(self) -> str:
+        spec = self.metadata.get("sqn_ray.study")
+        return str(spec.get("description", "")) if isinstance(spec, dict) else ""
+
+    @property
+    def problems(self) -> list[str]:
+        order = {"toy-small": 0, "toy-medium": 1, "toy-large": 2}
+        return sorted(self.trials["problem"].dropna().unique(), key=lambda p: (order.get(p, 9), p))
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self.trials["method"].dropna().unique(), key=_method_rank)
+
+    @property
+    def configs(self) -> list[str]:
+        """Config labels in display order (method order, then option values)."""
+        t = self.trials.drop_duplicates("config")
+        return list(t.sort_values(["_method_rank", "_option_key"])["config"])
+
+    @property
+    def running(self) -> int:
+        return int((self.trials["status"] == "running").sum())
+
+    def of(self, methods) -> "Study":
+        """The same study restricted to some methods (a view for figures that compare a subset)."""
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        return Study(self.path, self.iterations[self.iterations["method"].isin(methods)],
+                     self.trials[self.trials["method"].isin(methods)], self.eigen, self.metadata, self.options,
+                     self.sources)
+
+
+def _option_columns(trials: pd.DataFrame, iterations: pd.DataFrame) -> list[str]:
+    """Hyperparameter columns: from the platform's ``cell`` JSON when present, else by elimination."""
+    names: set[str] = set()
+    if "cell" in trials and trials["cell"].notna().any():
+        for text in trials["cell"].dropna().unique():
+            try:
+                names.update(json.loads(text).get("options", {}))
+            except (json.JSONDecodeError, AttributeError):
+                pass
+    if not names:
+        cols = trials.columns if len(trials.columns) else iterations.columns
+        record = set(ITERATION_COLUMNS) | {"accepted", "step_norm", "identity_fallback", "rho", "b0_gamma"}
+        names = {c for c in cols if c not in _TRIAL_RESULT_COLUMNS and c not in record and not c.startswith("t_")}
+    names.update(("memory", "radius", "sampling"))  # the paper's axes, always columns of the platform's files
+    return sorted(n for n in names if n in trials.columns or n in iterations.columns)
+
+
+def _derive_trials(iterations: pd.DataFrame, options: list[str]) -> pd.DataFrame:
+    """One row per trial from its iterations (used when trials.parquet is missing or lags behind)."""
+    rows = []
+    for tid, t in iterations.groupby("trial_id", sort=True):
+        t = t.sort_values("iteration")
+        first = t.iloc[0]
+        acc = t["accuracy"]
+        target = problem_size(str(first["problem"]))["target"]
+        hit = t[acc >= target] if target is not None else t.iloc[:0]
+        loss = t["loss"].replace([np.inf, -np.inf], np.nan)
+        row = {k: first.get(k) for k in ("study", "cell", "variant", "problem", "method", "seed", *options)
+               if k in t}
+        row.update(trial_id=tid, status="solved" if len(hit) else "unknown",
+                   final_loss=t["loss"].iloc[-1], best_loss=loss.min(),
+                   final_accuracy=acc.dropna().iloc[-1] if acc.notna().any() else np.nan,
+                   best_accuracy=acc.max(), iterations=t["iteration"].iloc[-1],
+                   grad_equivalents=t["grad_equivalents"].iloc[-1], wall_time=t["wall_time"].iloc[-1],
+                   target_accuracy=target if target is not None else np.nan,
+                   iters_to_target=hit["iteration"].iloc[0] if len(hit) else np.nan,
+                   grad_equivalents_to_target=hit["grad_equivalents"].iloc[0] if len(hit) else np.nan,
+                   wall_time_to_target=hit["wall_time"].iloc[0] if len(hit) else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
+    trials = trials.copy()
+    labels, keys = {}, {}
+    for method, t in trials.groupby("method", sort=False):
+        varying = [o for o in options if o in t and t[o].map(lambda v: "∅" if _is_missing(v) else repr(v)).nunique() > 1]
+        for idx, row in t.iterrows():
+            opts = {o: row[o] for o in varying if not _is_missing(row[o])}
+            labels[idx] = config_label(str(method), opts)
+            keys[idx] = tuple((0, float(v)) if isinstance(v, (int, float)) else (1, str(v)) for v in opts.values())
+    trials["config"] = pd.Series(labels, dtype=object)
+    trials["_option_key"] = pd.Series(keys, dtype=object).map(repr)
+    trials["_method_rank"] = trials["method"].map(lambda m: _method_rank(str(m)))
+    trials["family"] = trials["method"].map(lambda m: family(str(m)))
+    return trials
+
+
+def load_study(path: str | Path, *, eigen: str | Path | None = None) -> Study:
+    """Read a study folder (see the module docstring). Raises ValueError, with the reason, when ``path`` is
+    not a folder or holds neither ``iterations.parquet`` nor ``trials.parquet``."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such study folder")
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a folder; give the study's output folder (the one holding "
+                         f"{ITERATIONS_FILE} and {TRIALS_FILE})")
+    it_path, tr_path = path / ITERATIONS_FILE, path / TRIALS_FILE
+    if not it_path.is_file() and not tr_path.is_file():
+        raise ValueError(f"{path}: no {ITERATIONS_FILE} or {TRIALS_FILE} here; is it a study output folder? "
+                         f"(`sqn-ray study run FILE --out {path}` writes them)")
+    sources, metadata = {}, {}
+    iterations = _read(it_path) if it_path.is_file() else pd.DataFrame()
+    trials = _read(tr_path) if tr_path.is_file() else pd.DataFrame()
+    for p in (tr_path, it_path):
+        if p.is_file():
+            sources[p.name] = str(p)
+            metadata = {**read_metadata(p), **metadata}
+    if len(iterations.columns) == 0:
+        iterations = pd.DataFrame(columns=["trial_id", "problem", "method", "seed", *ITERATION_COLUMNS])
+    for c in ITERATION_COLUMNS:
+        if c not in iterations:
+            iterations[c] = np.nan
+    for c in ("trial_id", "problem", "method"):
+        if c not in iterations:
+            raise ValueError(f"{it_path}: missing column {c!r}; not a study's iterations file")
+    options = _option_columns(trials, iterations)
+
+    derived = _derive_trials(iterations, options) if len(iterations) else pd.DataFrame()
+    if len(trials.columns) == 0:
+        trials = derived
+    elif len(derived):
+        missing = derived[~derived["trial_id"].isin(trials["trial_id"])]
+        if len(missing):  # rows of trials the trials file does not list yet (a study being written)
+            trials = pd.concat([trials, missing.assign(status="running")], ignore_index=True)
+    if len(trials) == 0:
+        raise ValueError(f"{path}: the study has no trials yet")
+    for c in ("status", "final_loss", "best_loss", "final_accuracy", "best_accuracy", "iterations",
+              "grad_equivalents", "wall_time", "target_accuracy", "iters_to_target", "grad_equivalents_to_target",
+              "wall_time_to_target", "seed"):
+        if c not in trials:
+            trials[c] = np.nan
+    trials = _label_configs(trials.reset_index(drop=True), options)
+    trials["solved"] = trials["iters_to_target"].notna() | (trials["status"] == "solved")
+
+    iterations = iterations.drop(columns=[c for c in ("config", "family") if c in iterations])
+    iterations = iterations.merge(trials[["trial_id", "config", "family"]], on="trial_id", how="left")
+    iterations = iterations.sort_values(["trial_id", "iteration"], kind="stable").reset_index(drop=True)
+    # accuracy is evaluated every `accuracy_every` iterations: carry the last value forward within a trial
+    iterations["accuracy_filled"] = iterations.groupby("trial_id")["accuracy"].ffill()
+
+    eigen_df = None
+    eigen_path = Path(eigen) if eigen is not None else path / EIGEN_FILE
+    if eigen is not None or eigen_path.is_file():
+        eigen_df = load_eigen(eigen_path)
+        sources[EIGEN_FILE] = str(eigen_path)
+        metadata.setdefault("sqn_ray.eigen", read_metadata(eigen_path).get("sqn_ray.eigen"))
+    return Study(path=path, iterations=iterations, trials=trials, eigen=eigen_df, metadata=metadata,
+                 options=options, sources=sources)

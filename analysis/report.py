@@ -1,0 +1,252 @@
+"""``sqn-ray report DIR``: a self-contained HTML report of a study, from its Parquet only.
+
+:func:`build_report` loads ``DIR`` (:func:`analysis.load.load_study`), draws the six figures
+(:mod:`analysis.figures`), computes the tables (:mod:`analysis.tables`) and the findings
+(:mod:`analysis.findings`), and writes into ``OUT`` (default ``DIR/report``):
+
+* ``report.html``: one file, figures embedded as PNG (base64), tables as HTML, no external resource, so it
+  opens offline and can be mailed around;
+* ``fig1-convergence.png`` / ``.svg`` ... ``fig6-anchors``: the figures beside it;
+* ``tables/*.csv``: every table.
+
+A partial study (running, interrupted, some methods only, no eigen.parquet) still gives a full report: a figure
+without data says so. A figure or table that fails is reported in the page and in ``Report.errors`` instead of
+stopping the others.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures as F
+from . import tables as T
+from .findings import findings as compute_findings
+from .load import Study, load_study
+
+__all__ = ["build_report", "Report", "render_table", "CAPTIONS"]
+
+CAPTIONS = {
+    "fig1-convergence": (
+        "Training loss (log scale; dotted line: the ln 2 saddle plateau) and training accuracy against iterations, "
+        "gradient-equivalents (one gradient or Hessian-vector product = 1, a loss alone = ½) and the optimizer's wall "
+        "time. Lines are the median across seeds, bands the 25–75 % range; a run that stopped (solved) holds its "
+        "last value. Configs whose curves coincide (Option II across r) draw on top of each other."),
+    "fig2-robustness": (
+        "Top rows: data profiles, the fraction of a config's seeds that reached the target training accuracy "
+        "within a budget of iterations or gradient-equivalents. Bottom: iterations to the target of every solved "
+        "run (box = quartiles), with solved/seeds beside each config."),
+    "fig3-sensitivity": (
+        "Sampled methods over memory m × radius r, one panel per problem, method and Option (I: gradient "
+        "differences, II: Hessian-vector products). Cells: median over seeds of the iterations (and "
+        "gradient-equivalents) to the target, unsolved runs counted as ∞, with solved/seeds. Option II is "
+        "invariant to r (Y = ∇²F·S is linear in S): its columns must be identical; Option I's need not be."),
+    "fig4-cost": (
+        "Measured cost of one iteration (median over seeds of each run's mean): wall time split into the "
+        "gradient at the new point, pair sampling, linear algebra (pair filter, model, direction or TR subproblem) "
+        "and line search / TR trial evaluation (external anchors report all their time as line search); "
+        "gradient-equivalents split by kind of oracle call. ◆: the poster's cost per iteration divided by nd "
+        "(one gradient), evaluated at the problem's n, d, the config's m and the κ measured here; right: the "
+        "poster's storage. The poster lists no storage for the sampled methods; it claims they need none beyond "
+        "the m pairs, taken here as 2md. The poster counts a loss evaluation as nd and every step as accepted; "
+        "the counters count a loss alone as ½ gradient and no new gradient after a rejected step, so measured "
+        "values may sit below ◆."),
+    "fig5-eigen": (
+        "Eigenvalues in ascending order (symmetric log scale) at three iterates of an S-LSR1 run (eigen.parquet, "
+        "made by `sqn-ray eigen`): the start, a point on the saddle plateau and the first iterate at the target "
+        "accuracy. Black: the true Hessian. Sampled approximations (S-LSR1, S-LBFGS) from m pairs sampled at the "
+        "point; path ones (LSR1, LBFGS: last m; SR1, BFGS: all) from the trajectory's preceding steps. BFGS-family "
+        "matrices are shown as B = H⁻¹."),
+    "fig6-anchors": (
+        "Our LBFGS and BFGS beside the external anchors (torch.optim.LBFGS with strong Wolfe, scipy L-BFGS-B, "
+        "scipy BFGS) from the same initial points: median across seeds and 25–75 % band. The table below pairs "
+        "each anchor with our twin seed by seed."),
+}
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1500px;padding:0 1.5em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.meta{color:#555;font-size:.9em} .meta code{background:#f4f4f4;padding:0 .3em}
+img{max-width:100%;height:auto;border:1px solid #eee} figure{margin:1em 0}
+figcaption{color:#444;font-size:.92em;max-width:1100px}
+table.data{border-collapse:collapse;font-size:.82em;margin:.8em 0} table.data th,table.data td{border:1px solid #ddd;
+padding:.2em .5em;text-align:right} table.data th{background:#f3f3f3} table.data td:first-child,
+table.data td:nth-child(2){text-align:left}
+.nodata{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
+.error{background:#fdecea;border-left:4px solid #d93025;padding:.4em .8em;white-space:pre-wrap;font-family:monospace;font-size:.85em}
+ul.findings li{margin:.3em 0} details{margin:.6em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+.files{font-size:.85em;color:#555}
+"""
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote and computed."""
+
+    path: Path
+    out_dir: Path
+    study: Study
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    no_data: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    findings: list = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int,)) or (hasattr(v, "dtype") and "int" in str(getattr(v, "dtype", ""))):
+        return f"{int(v):,}".replace(",", " ")
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if v.is_integer() and abs(v) < 1e7:
+            return f"{int(v)}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_table(df: pd.DataFrame, caption: str | None = None, max_rows: int = 400) -> str:
+    """A DataFrame as an HTML table, numbers to 4 significant digits, missing values as '–'."""
+    if df is None or df.empty:
+        return '<p class="nodata">no rows</p>'
+    more = ""
+    if len(df) > max_rows:
+        more = f"<p class='meta'>first {max_rows} of {len(df)} rows (all in the CSV)</p>"
+        df = df.head(max_rows)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False, name=None))
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
+
+
+def _figure_tables(study: Study) -> dict[str, list[tuple[str, callable]]]:
+    robust_cols = ["problem", "config", "trials", "solved", "solved %", "median iterations to target",
+                   "median grad-eq to target", "median wall s to target"]
+    return {
+        "fig1-convergence": [],
+        "fig2-robustness": [
+            ("robustness", lambda: T.summary_table(study)[robust_cols]),
+            ("plateau", lambda: T.plateau_table(study)),
+        ],
+        "fig3-sensitivity": [
+            ("sensitivity", lambda: T.sensitivity_table(study)),
+            ("radius_invariance", lambda: T.radius_invariance(study).drop(columns=["spread"])),
+        ],
+        "fig4-cost": [
+            ("cost_measured", lambda: T.cost_table(study)),
+            ("cost_poster", lambda: T.theory_table(study)),
+        ],
+        "fig5-eigen": [("eigen", lambda: T.eigen_table(study.eigen))],
+        "fig6-anchors": [
+            ("anchors", lambda: T.anchor_table(study)),
+            ("anchor_pairs", lambda: T.anchor_pairs(study)),
+        ],
+    }
+
+
+TABLE_TITLES = {
+    "summary": "Outcomes per problem and config (medians across seeds; to-target medians over solved runs)",
+    "robustness": "Solved runs and cost to the target", "plateau": "Runs ending on the ln 2 saddle plateau, unsolved",
+    "sensitivity": "Sampled methods over Option × m × r (median over seeds, unsolved = ∞)",
+    "radius_invariance": "Runs differing only in r: largest loss difference along the trajectory",
+    "cost_measured": "Measured cost per iteration (median over seeds of each run's mean)",
+    "cost_poster": "The poster's cost and storage table at this problem's n, d, m and the measured κ",
+    "eigen": "Extreme eigenvalues per point and matrix", "anchors": "Our LBFGS / BFGS and the external anchors",
+    "anchor_pairs": "Anchor vs our twin, same seeds",
+}
+
+
+def _meta_html(study: Study) -> str:
+    md = study.metadata
+    spec = md.get("sqn_ray.study") if isinstance(md.get("sqn_ray.study"), dict) else {}
+    versions = md.get("sqn_ray.versions") if isinstance(md.get("sqn_ray.versions"), dict) else {}
+    rows = [("study", study.name), ("description", study.description or "–"),
+            ("folder", str(study.path)), ("files", ", ".join(study.sources) or "–"),
+            ("git revision", str(md.get("sqn_ray.git_revision", "–"))),
+            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "–"),
+            ("budget", ", ".join(f"{k} {v}" for k, v in (spec.get("budget") or {}).items() if v is not None) or "–"),
+            ("stop rule", ", ".join(f"{k} {v}" for k, v in (spec.get("stop") or {}).items()) or "–"),
+            ("generated", _dt.datetime.now().isoformat(timespec="seconds"))]
+    return "<p class='meta'>" + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in rows) + "</p>"
+
+
+def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"), dpi: int = 110) -> Report:
+    """Write the report of the study in ``study_dir`` (see the module docstring); returns a :class:`Report`."""
+    study = load_study(study_dir, eigen=eigen)
+    out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    rep = Report(path=out / "report.html", out_dir=out, study=study)
+
+    def table(name, fn):
+        try:
+            df = fn()
+        except Exception as e:  # noqa: BLE001 - one failing table must not cost the whole report
+            rep.errors[f"table {name}"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+            return f'<p class="error">table {html.escape(name)} failed: {html.escape(rep.errors["table " + name])}</p>'
+        rep.tables[name] = df
+        if df is not None and not df.empty:
+            df.to_csv(out / "tables" / f"{name}.csv", index=False)
+        return f"<h3>{html.escape(TABLE_TITLES.get(name, name))}</h3>" + render_table(df)
+
+    rep.findings = compute_findings(study)
+    parts = [f"<h1>sqn-ray report: {html.escape(study.name)}</h1>", _meta_html(study)]
+    parts.append("<h2>Findings</h2><ul class='findings'>" + "".join(
+        f"<li><b>{html.escape(f.topic)}</b>: {html.escape(f.text)}</li>" for f in rep.findings) + "</ul>")
+    parts.append("<h2>Summary</h2>" + table("summary", lambda: T.summary_table(study)))
+    figure_tables = _figure_tables(study)
+    for i, (stem, title, fn) in enumerate(F.FIGURES, 1):
+        parts.append(f'<h2 id="{stem}">Figure {i}. {html.escape(title)}</h2>')
+        try:
+            fig = fn(study)
+            png = F.to_png(fig, dpi=dpi)
+            paths = []
+            for fmt in formats:
+                p = out / f"{stem}.{fmt}"
+                if fmt == "png":
+                    p.write_bytes(png)
+                else:
+                    fig.savefig(p, format=fmt)
+                paths.append(p)
+            rep.figures[stem] = paths
+            if getattr(fig, "no_data", None):
+                rep.no_data[stem] = fig.no_data
+                parts.append(f'<p class="nodata">No data for this figure: {html.escape(fig.no_data)}</p>')
+            b64 = base64.b64encode(png).decode()
+            files = " · ".join(f'<a href="{p.name}">{p.name}</a>' for p in paths)
+            parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
+                         f'<figcaption>{html.escape(CAPTIONS.get(stem, ""))} <span class="files">({files})</span>'
+                         f'</figcaption></figure>')
+        except Exception as e:  # noqa: BLE001
+            rep.errors[stem] = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:]
+            parts.append(f'<p class="error">figure failed:\n{html.escape(rep.errors[stem])}</p>')
+        for name, fn_t in figure_tables.get(stem, []):
+            parts.append(table(name, fn_t))
+    parts.append("<h2>Trials</h2><details><summary>every trial (trials.parquet)</summary>"
+                 + table("trials", lambda: study.trials[[c for c in study.trials.columns
+                                                          if not c.startswith("_") and c not in ("cell", "variant", "error")]])
+                 + "</details>")
+    yaml_text = study.metadata.get("sqn_ray.study_yaml")
+    if isinstance(yaml_text, str) and yaml_text.strip():
+        parts.append(f"<details><summary>study file</summary><pre>{html.escape(yaml_text)}</pre></details>")
+    if rep.errors:
+        parts.insert(2, f'<p class="error">{len(rep.errors)} part(s) of this report failed: '
+                        f'{html.escape(", ".join(rep.errors))}</p>')
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sqn-ray report: "
+            f"{html.escape(study.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    tmp = rep.path.with_name(f".{rep.path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(rep.path)
+    return rep

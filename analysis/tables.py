@@ -1,0 +1,334 @@
+"""The numbers behind the report: tables computed from a loaded :class:`~analysis.load.Study`.
+
+Every table is a plain DataFrame with readable column names, used by the figures, the findings, the HTML
+report and the notebooks alike. "Median" is across seeds (trials of one config); a run that never reached
+the target accuracy has no iterations-to-target and is counted in ``solved`` / ``trials`` instead, except in
+:func:`sensitivity_table`, where unsolved runs count as ∞ (so a cell is finite only if most seeds solved).
+
+The poster's cost and storage table (Berahas, Jahani & Takáč, OPT 2019), per iteration, with κ_ls the
+line-search evaluations and κ_tr the CG iterations of an iteration:
+
+    BFGS    nd + d² + κ_ls·nd            storage d²
+    LBFGS   nd + 4md + κ_ls·nd           storage 2md
+    S-LBFGS nd + mnd + 4md + κ_ls·nd     storage 2md   (poster: "no extra storage")
+    SR1     nd + d² + nd + κ_tr·d²       storage d²
+    LSR1    nd + nd + κ_tr·md            storage 2md
+    S-LSR1  nd + mnd + nd + κ_tr·md      storage 2md   (poster: "no extra storage")
+
+:func:`theory_table` evaluates it at the problem's n and d, the config's m and the κ measured in the study;
+cost / nd is then in the same unit as the measured gradient-equivalents (one gradient ≈ nd).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .load import ANCHORS, LN2, SAMPLED, Study, problem_size
+
+__all__ = ["summary_table", "profile", "sensitivity_table", "radius_invariance", "iteration_costs", "cost_table",
+           "theory_table", "anchor_table", "anchor_pairs", "eigen_table", "plateau_table", "POSTER", "PHASES",
+           "KINDS", "median_inf"]
+
+#: measured time split of an iteration: record column -> label
+PHASES = {"t_grad": "gradient", "t_pairs": "pair sampling", "t_model": "linear algebra (model, direction)",
+          "t_search": "line search / TR trial", "t_other": "other"}
+#: gradient-equivalents of an iteration by kind of oracle call
+KINDS = {"ge_grad": "gradients", "ge_hvp": "Hessian-vector products", "ge_fun": "loss-only evaluations (×½)"}
+
+#: method -> (poster name, cost formula, cost(n, d, m, κ), storage formula, storage(n, d, m), κ kind)
+POSTER = {
+    "bfgs": ("BFGS", "nd + d² + κ_ls·nd", lambda n, d, m, k: n * d + d * d + k * n * d, "d²",
+             lambda n, d, m: d * d, "κ_ls"),
+    "lbfgs": ("LBFGS", "nd + 4md + κ_ls·nd", lambda n, d, m, k: n * d + 4 * m * d + k * n * d, "2md",
+              lambda n, d, m: 2 * m * d, "κ_ls"),
+    "s-lbfgs": ("S-LBFGS", "nd + mnd + 4md + κ_ls·nd", lambda n, d, m, k: n * d + m * n * d + 4 * m * d + k * n * d,
+                "2md", lambda n, d, m: 2 * m * d, "κ_ls"),
+    "sr1": ("SR1", "nd + d² + nd + κ_tr·d²", lambda n, d, m, k: 2 * n * d + d * d + k * d * d, "d²",
+            lambda n, d, m: d * d, "κ_tr"),
+    "lsr1": ("LSR1", "nd + nd + κ_tr·md", lambda n, d, m, k: 2 * n * d + k * m * d, "2md",
+             lambda n, d, m: 2 * m * d, "κ_tr"),
+    "s-lsr1": ("S-LSR1", "nd + mnd + nd + κ_tr·md", lambda n, d, m, k: 2 * n * d + m * n * d + k * m * d, "2md",
+               lambda n, d, m: 2 * m * d, "κ_tr"),
+}
+
+
+def median_inf(values) -> float:
+    """Median that treats NaN as ∞ (an unsolved run): ∞ when at least half the values are missing."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return math.nan
+    v = np.where(np.isnan(v), np.inf, v)
+    return float(np.median(v)) if np.isfinite(np.median(v)) else math.inf
+
+
+def _order(df: pd.DataFrame, study: Study, by=("problem", "config")) -> pd.DataFrame:
+    prob = {p: i for i, p in enumerate(study.problems)}
+    conf = {c: i for i, c in enumerate(study.configs)}
+    key = df[list(by)].apply(lambda r: (prob.get(r.iloc[0], 99), conf.get(r.iloc[1], 999)), axis=1) if len(df) else []
+    return df.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
+
+
+def _med(s: pd.Series) -> float:
+    s = pd.to_numeric(s, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna()
+    return float(s.median()) if len(s) else math.nan
+
+
+# ------------------------------------------------------------------------------------------- outcomes
+def summary_table(study: Study) -> pd.DataFrame:
+    """Per problem × config: trials, outcomes, median final loss / accuracy, iterations and cost to target."""
+    rows = []
+    for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
+        solved = t[t["solved"]]
+        rows.append({
+            "problem": problem, "config": config, "trials": len(t), "solved": int(t["solved"].sum()),
+            "solved %": 100.0 * t["solved"].mean(),
+            "diverged": int((t["status"] == "diverged").sum()), "failed": int((t["status"] == "failed").sum()),
+            "running": int((t["status"] == "running").sum()),
+            "median final loss": _med(t["final_loss"]), "median best accuracy": _med(t["best_accuracy"]),
+            "median iterations": _med(t["iterations"]),
+            "median iterations to target": _med(solved["iters_to_target"]),
+            "median grad-eq to target": _med(solved["grad_equivalents_to_target"]),
+            "median wall s to target": _med(solved["wall_time_to_target"]),
+        })
+    return _order(pd.DataFrame(rows), study) if rows else pd.DataFrame(rows)
+
+
+def plateau_table(study: Study, tol: float = 0.01) -> pd.DataFrame:
+    """Per problem × config: runs that end on the saddle plateau (final loss within ``tol`` of ln 2, not
+    solved): the paper's failure mode of the classical methods."""
+    t = study.trials
+    on = (t["final_loss"] - LN2).abs() <= tol
+    df = t.assign(plateau=on & ~t["solved"]).groupby(["problem", "config"], sort=False).agg(
+        trials=("trial_id", "size"), plateau=("plateau", "sum")).reset_index()
+    return _order(df, study) if len(df) else df
+
+
+def profile(study: Study, axis: str = "grad_equivalents") -> pd.DataFrame:
+    """Data/performance profile: per problem × config, the fraction of trials that reached the target
+    accuracy within each budget. ``axis``: iteration, grad_equivalents or wall_time. One row per step."""
+    col = {"iteration": "iters_to_target", "grad_equivalents": "grad_equivalents_to_target",
+           "wall_time": "wall_time_to_target"}[axis]
+    rows = []
+    for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
+        hits = np.sort(pd.to_numeric(t.loc[t["solved"], col], errors="coerce").dropna().to_numpy())
+        n = len(t)
+        rows.append({"problem": problem, "config": config, "budget": 0.0, "fraction": 0.0, "trials": n})
+        for i, b in enumerate(hits):
+            rows.append({"problem": problem, "config": config, "budget": float(b), "fraction": (i + 1) / n,
+                         "trials": n})
+    return pd.DataFrame(rows, columns=["problem", "config", "budget", "fraction", "trials"])
+
+
+# ----------------------------------------------------------------------------------------- sensitivity
+def sensitivity_table(study: Study) -> pd.DataFrame:
+    """Sampled methods: per problem × method × Option × m × r, median over seeds of iterations and
+    gradient-equivalents to target (unsolved = ∞), solved count, median best loss."""
+    t = study.trials[study.trials["method"].isin(SAMPLED)]
+    cols = ["problem", "method", "sampling", "memory", "radius"]
+    if t.empty or not set(cols) <= set(t.columns):
+        return pd.DataFrame(columns=cols + ["trials", "solved", "iterations to target", "grad-eq to target",
+                                            "best loss"])
+    t = t.assign(sampling=t["sampling"].fillna("hvp"))
+    rows = []
+    for key, g in t.groupby(cols, sort=True, dropna=False):
+        rows.append({**dict(zip(cols, key)), "trials": len(g), "solved": int(g["solved"].sum()),
+                     "iterations to target": median_inf(g["iters_to_target"].where(g["solved"])),
+                     "grad-eq to target": median_inf(g["grad_equivalents_to_target"].where(g["solved"])),
+                     "best loss": _med(g["best_loss"])})
+    df = pd.DataFrame(rows)
+    order = {p: i for i, p in enumerate(study.problems)}
+    return df.sort_values(["problem", "method", "sampling", "memory", "radius"], kind="stable",
+                          key=lambda c: c.map(order) if c.name == "problem" else
+                          c.map(SAMPLED.index) if c.name == "method" else c).reset_index(drop=True)
+
+
+def radius_invariance(study: Study) -> pd.DataFrame:
+    """For sampled runs that differ only in r (same problem, method, Option, m, seed): the largest
+    difference between their loss trajectories (aligned by iteration) and the spread of their
+    iterations to target. Under Option II both must be 0 (Y = ∇²F·S is linear in S)."""
+    t = study.trials[study.trials["method"].isin(SAMPLED)]
+    cols = ["problem", "method", "sampling", "memory", "seed"]
+    out_cols = cols + ["radii", "max |Δ loss|", "iterations to target (min..max)", "spread"]
+    if t.empty or "radius" not in t or not set(cols) <= set(t.columns):
+        return pd.DataFrame(columns=out_cols)
+    t = t.assign(sampling=t["sampling"].fillna("hvp"))
+    loss = study.iterations.set_index(["trial_id", "iteration"])["loss"]
+    rows = []
+    for key, g in t.groupby(cols, sort=True, dropna=False):
+        if g["radius"].nunique() < 2:
+            continue
+        curves = [loss.xs(tid, level="trial_id") for tid in g["trial_id"] if tid in loss.index.get_level_values(0)]
+        dev = math.nan
+        if len(curves) >= 2:
+            n = min(len(c) for c in curves)
+            stack = np.vstack([c.sort_index().to_numpy()[:n] for c in curves])
+            dev = float(np.nanmax(np.abs(stack - stack[0]))) if n else math.nan
+        its = g["iters_to_target"].where(g["solved"]).astype(float)
+        finite = its.dropna()
+        if not len(finite):
+            spread, span = math.nan, "not solved"
+        elif len(finite) < len(its):
+            spread, span = math.inf, f"{finite.min():.0f}..{finite.max():.0f} (some unsolved)"
+        else:
+            spread, span = float(finite.max() - finite.min()), f"{finite.min():.0f}..{finite.max():.0f}"
+        rows.append({**dict(zip(cols, key)), "radii": ", ".join(f"{r:g}" for r in sorted(g["radius"].unique())),
+                     "max |Δ loss|": dev, "iterations to target (min..max)": span, "spread": spread})
+    return pd.DataFrame(rows, columns=out_cols)
+
+
+# ------------------------------------------------------------------------------------------------ cost
+def iteration_costs(study: Study) -> pd.DataFrame:
+    """One row per iteration ≥ 1: its wall time split by phase (seconds) and its gradient-equivalents split
+    by kind of oracle call, plus κ (line-search evaluations or CG iterations, ``inner_iters``)."""
+    it = study.iterations
+    if it.empty:
+        return pd.DataFrame(columns=["trial_id", "problem", "config", "method", "dt", *PHASES, "dge", *KINDS, "kappa"])
+    it = it.sort_values(["trial_id", "iteration"])
+    g = it.groupby("trial_id")
+    df = pd.DataFrame({"trial_id": it["trial_id"], "problem": it["problem"], "config": it["config"],
+                       "method": it["method"], "iteration": it["iteration"],
+                       "dt": g["wall_time"].diff(), "dge": g["grad_equivalents"].diff(),
+                       "ge_grad": g["n_grad"].diff(), "ge_hvp": g["n_hvp"].diff(), "kappa": it["inner_iters"]})
+    for c in ("t_grad", "t_pairs", "t_model", "t_search"):
+        df[c] = pd.to_numeric(it[c], errors="coerce").fillna(0.0)
+    df["t_other"] = (df["dt"] - df[["t_grad", "t_pairs", "t_model", "t_search"]].sum(axis=1)).clip(lower=0.0)
+    df["ge_fun"] = df["dge"] - df["ge_grad"] - df["ge_hvp"]
+    return df[df["iteration"] >= 1].dropna(subset=["dt", "dge"]).reset_index(drop=True)
+
+
+def cost_table(study: Study) -> pd.DataFrame:
+    """Per problem × config: median over seeds of the per-iteration mean cost, in ms by phase and in
+    gradient-equivalents by kind, and the mean κ."""
+    per = iteration_costs(study)
+    if per.empty:
+        return pd.DataFrame(columns=["problem", "config", "ms / iteration", "grad-eq / iteration"])
+    trial = per.groupby(["problem", "config", "trial_id"], sort=False).agg(
+        iterations=("dt", "size"), dt=("dt", "mean"), dge=("dge", "mean"), kappa=("kappa", "mean"),
+        **{c: (c, "mean") for c in [*PHASES, *KINDS]}).reset_index()
+    rows = []
+    for (problem, config), g in trial.groupby(["problem", "config"], sort=False):
+        row = {"problem": problem, "config": config, "trials": len(g), "iterations": int(g["iterations"].sum()),
+               "ms / iteration": 1e3 * g["dt"].median()}
+        row.update({f"ms {PHASES[c]}": 1e3 * g[c].median() for c in PHASES})
+        row["grad-eq / iteration"] = g["dge"].median()
+        row.update({f"grad-eq {KINDS[c]}": g[c].median() for c in KINDS})
+        row["κ (inner iterations)"] = g["kappa"].median()
+        rows.append(row)
+    return _order(pd.DataFrame(rows), study)
+
+
+def theory_table(study: Study) -> pd.DataFrame:
+    """The poster's cost and storage per iteration at the problem's n, d, the config's m and the measured κ,
+    beside the measured gradient-equivalents per iteration (methods of the poster's table only)."""
+    measured = cost_table(study)
+    rows = []
+    for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
+        method = t["method"].iloc[0]
+        if method not in POSTER:
+            continue
+        name, cost_f, cost, store_f, store, kname = POSTER[method]
+        size = problem_size(problem)
+        n, d = size["n"], size["d"]
+        m = float(pd.to_numeric(t["memory"], errors="coerce").median()) if "memory" in t else math.nan
+        if method in ("bfgs", "sr1"):
+            m = math.nan  # dense methods keep no m
+        meas = measured[(measured["problem"] == problem) & (measured["config"] == config)]
+        kappa = float(meas["κ (inner iterations)"].iloc[0]) if len(meas) else math.nan
+        ge = float(meas["grad-eq / iteration"].iloc[0]) if len(meas) else math.nan
+        ok = n is not None and d is not None
+        mm = 0.0 if math.isnan(m) else m
+        flops = cost(n, d, mm, kappa) if ok and not math.isnan(kappa) else math.nan
+        floats = store(n, d, mm) if ok else math.nan
+        rows.append({"problem": problem, "config": config, "poster method": name, "n": n, "d": d,
+                     "m": m, kname.replace("κ_", "measured κ_"): kappa, "cost formula": cost_f,
+                     "cost (flops)": flops, "cost / nd": flops / (n * d) if ok else math.nan,
+                     "measured grad-eq / iteration": ge, "storage formula": store_f, "storage (floats)": floats,
+                     "storage (KiB, float64)": floats * 8 / 1024 if ok else math.nan})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if "measured κ_ls" in df and "measured κ_tr" in df:
+        df["measured κ"] = df["measured κ_ls"].fillna(df["measured κ_tr"])
+        df["κ"] = np.where(df["measured κ_ls"].notna(), "κ_ls", "κ_tr")
+        df = df.drop(columns=["measured κ_ls", "measured κ_tr"])
+    else:
+        k = "measured κ_ls" if "measured κ_ls" in df else "measured κ_tr"
+        df["κ"] = k.removeprefix("measured ")
+        df = df.rename(columns={k: "measured κ"})
+    front = ["problem", "config", "poster method", "n", "d", "m", "κ", "measured κ"]
+    return _order(df[front + [c for c in df.columns if c not in front]], study)
+
+
+# --------------------------------------------------------------------------------------------- anchors
+ANCHOR_TWINS = {"torch-lbfgs": "lbfgs", "scipy-lbfgsb": "lbfgs", "scipy-bfgs": "bfgs"}
+
+
+def anchor_table(study: Study) -> pd.DataFrame:
+    """Our LBFGS / BFGS beside the external anchors: outcomes and per-iteration cost per problem × config."""
+    sub = study.of(["lbfgs", "bfgs", *ANCHORS])
+    if not sub.trials["method"].isin(ANCHORS).any():
+        return pd.DataFrame()
+    t = sub.trials
+    rows = []
+    for (problem, config), g in t.groupby(["problem", "config"], sort=False):
+        iters = pd.to_numeric(g["iterations"], errors="coerce").replace(0, np.nan)
+        it = sub.iterations[sub.iterations["trial_id"].isin(g["trial_id"])]
+        last = it.sort_values("iteration").groupby("trial_id").last()
+        fun_per = (last["n_fun"] / last["iteration"].replace(0, np.nan)) if len(last) else pd.Series(dtype=float)
+        rows.append({"problem": problem, "config": config, "trials": len(g), "solved": int(g["solved"].sum()),
+                     "median final loss": _med(g["final_loss"]), "median best accuracy": _med(g["best_accuracy"]),
+                     "median iterations": _med(g["iterations"]),
+                     "median grad-eq / iteration": _med(g["grad_equivalents"] / iters),
+                     "median loss evaluations / iteration": _med(fun_per),
+                     "median ms / iteration": _med(1e3 * g["wall_time"] / iters)})
+    return _order(pd.DataFrame(rows), study)
+
+
+def anchor_pairs(study: Study) -> pd.DataFrame:
+    """Each anchor against our twin (torch-lbfgs and scipy-lbfgsb vs lbfgs, scipy-bfgs vs bfgs) on the same
+    problem and seed (same initial point): agreement of outcomes and final losses."""
+    t = study.trials
+    rows = []
+    for anchor, ours in ANCHOR_TWINS.items():
+        a, o = t[t["method"] == anchor], t[t["method"] == ours]
+        if a.empty or o.empty:
+            continue
+        both = a.merge(o, on=["problem", "seed"], suffixes=("_a", "_o"))
+        for problem, g in both.groupby("problem", sort=False):
+            rows.append({"problem": problem, "ours": ours, "anchor": anchor, "common seeds": len(g),
+                         "solved (ours)": int(g["solved_o"].sum()), "solved (anchor)": int(g["solved_a"].sum()),
+                         "same outcome": int((g["solved_o"] == g["solved_a"]).sum()),
+                         "median final loss (ours)": _med(g["final_loss_o"]),
+                         "median final loss (anchor)": _med(g["final_loss_a"]),
+                         "median |Δ final loss|": _med((g["final_loss_o"] - g["final_loss_a"]).abs())})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------- eigen
+EIGEN_MATRICES = ("hessian", "s-lsr1", "lsr1", "sr1", "s-lbfgs", "lbfgs", "bfgs")
+POINTS = ("start", "plateau", "solution")
+
+
+def eigen_table(eigen: pd.DataFrame | None) -> pd.DataFrame:
+    """Per point × matrix: λ_min, λ_max, negative and non-zero eigenvalue counts (relative tolerance 1e-8)."""
+    if eigen is None or eigen.empty:
+        return pd.DataFrame()
+    rows = []
+    pt_rank = {p: i for i, p in enumerate(POINTS)}
+    mat_rank = {m: i for i, m in enumerate(EIGEN_MATRICES)}
+    for (point, matrix), g in eigen.groupby(["point", "matrix"], sort=False):
+        lam = g["eigenvalue"].to_numpy(dtype=float)
+        tol = 1e-8 * max(1.0, float(np.abs(lam).max()) if lam.size else 1.0)
+        row = {"point": point, "iteration": int(g["iteration"].iloc[0]), "matrix": matrix}
+        if "loss" in g:
+            row["loss"] = float(g["loss"].iloc[0])
+        if "pairs" in g:
+            row["pairs"] = int(g["pairs"].iloc[0])
+        row.update({"λ_min": float(lam.min()), "λ_max": float(lam.max()), "negative": int((lam < -tol).sum()),
+                    "non-zero": int((np.abs(lam) > tol).sum()), "dimension": int(lam.size)})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    key = df.apply(lambda r: (pt_rank.get(r["point"], 9), mat_rank.get(r["matrix"], 99)), axis=1)
+    return df.assign(_k=key).sort_values("_k").drop(columns="_k").reset_index(drop=True)
