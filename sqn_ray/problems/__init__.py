@@ -1,0 +1,109 @@
+"""The problem library: named test problems, each a flat-parameter oracle plus what a study needs around it.
+
+    >>> from sqn_ray.problems import get_problem
+    >>> prob = get_problem("toy-small")
+    >>> w0 = prob.init(seed=0)                      # every weight and bias i.i.d. N(0, 1)
+    >>> f, g = prob.oracle.loss_and_grad(w0)        # the fast hand-written oracle
+    >>> float(prob.fun(w0)) == float(f)             # the plain autograd-differentiable definition
+
+Problems (``PROBLEMS``):
+
+* ``toy-small``, ``toy-medium``, ``toy-large``: the paper's sine-band classification with sigmoid nets of
+  d = 36, 176, 908 (:mod:`sqn_ray.problems.toy`); target accuracy 1.0, as in the paper's stopping rule.
+* ``logistic``: L2-regularised logistic regression on breast cancer, d = 31, a convex problem whose
+  minimiser :func:`~sqn_ray.problems.logistic.solution` is known (:mod:`sqn_ray.problems.logistic`).
+
+Importing this package needs neither Ray nor scikit-learn (the breast-cancer data loads on first use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..objective import Oracle
+from .logistic import DEFAULT_LAMBDA, LogisticOracle, logistic_fun, logistic_oracle, solution
+from .mlp import ACTIVATIONS, MLPOracle, layer_shapes, mlp_logits, mlp_loss, param_count
+from .toy import TOY_SIZES, toy_data, toy_fun, toy_oracle
+
+PROBLEMS = ("toy-small", "toy-medium", "toy-large", "logistic")
+DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A named minimisation problem min_w F(w), w ∈ R^dim, F a mean over ``n_samples`` points.
+
+    ``oracle`` is the fast :class:`~sqn_ray.objective.Oracle`; ``fun`` the plain differentiable definition
+    of the same F (for autograd, vmap and cross-checks); ``init(seed)`` the seeded starting point;
+    ``accuracy(w)`` the training accuracy; ``target_accuracy`` the accuracy at which a run may stop
+    (None: no such target).
+    """
+    name: str
+    dim: int
+    n_samples: int
+    dtype: torch.dtype
+    device: torch.device
+    oracle: Oracle
+    fun: Callable[[torch.Tensor], torch.Tensor]
+    init: Callable[[int], torch.Tensor]
+    accuracy: Callable[[torch.Tensor], float]
+    target_accuracy: float | None
+    description: str
+
+
+def gaussian_init(dim: int, dtype: torch.dtype, device: torch.device) -> Callable[[int], torch.Tensor]:
+    """``init(seed)``: w_i i.i.d. N(0, 1), drawn in float64 on the host from ``torch.Generator().manual_seed(seed)``
+    and then cast and moved, so one seed gives the same point in every dtype and on every device."""
+    def init(seed: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(seed))
+        return torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    return init
+
+
+def zeros_init(dim: int, dtype: torch.dtype, device: torch.device) -> Callable[[int], torch.Tensor]:
+    """``init(seed)`` = 0 for every seed (a convex problem has one answer; the seed is accepted for uniformity)."""
+    def init(seed: int) -> torch.Tensor:
+        int(seed)  # still validate it: a bad seed should fail here as it does for the other problems
+        return torch.zeros(dim, dtype=dtype, device=device)
+    return init
+
+
+def _toy_problem(name: str, size: str, dtype: torch.dtype, device: torch.device) -> Problem:
+    oracle = toy_oracle(size, dtype, device)
+    sizes = TOY_SIZES[size]
+    return Problem(
+        name=name, dim=oracle.dim, n_samples=oracle.n, dtype=dtype, device=device, oracle=oracle,
+        fun=toy_fun(size, dtype, device), init=gaussian_init(oracle.dim, dtype, device),
+        accuracy=oracle.accuracy, target_accuracy=1.0,
+        description=(f"toy sine bands (100 points, 2 classes), sigmoid MLP {list(sizes)}, d = {oracle.dim}, "
+                     "softmax cross-entropy"))
+
+
+def _logistic_problem(dtype: torch.dtype, device: torch.device) -> Problem:
+    oracle = logistic_oracle(DEFAULT_LAMBDA, dtype, device)
+    return Problem(
+        name="logistic", dim=oracle.dim, n_samples=oracle.n, dtype=dtype, device=device, oracle=oracle,
+        fun=logistic_fun(DEFAULT_LAMBDA, dtype, device), init=zeros_init(oracle.dim, dtype, device),
+        accuracy=oracle.accuracy, target_accuracy=None,
+        description=(f"L2-regularised logistic regression (lambda = {DEFAULT_LAMBDA:g}, intercept unpenalised) "
+                     f"on standardised breast cancer, n = {oracle.n}, d = {oracle.dim}; convex, "
+                     "minimiser from sqn_ray.problems.logistic.solution()"))
+
+
+def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Problem:
+    """The problem ``name`` (one of :data:`PROBLEMS`) in ``dtype`` on ``device``."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(PROBLEMS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
+    device = torch.device(device)
+    if name == "logistic":
+        return _logistic_problem(dtype, device)
+    return _toy_problem(name, name.removeprefix("toy-"), dtype, device)
+
+
+__all__ = ["PROBLEMS", "Problem", "get_problem", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
+           "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
+           "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]
