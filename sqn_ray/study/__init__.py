@@ -1,0 +1,23 @@
+"""The study platform: declarative studies (YAML) run as Ray Tune trials, results in tidy Parquet.
+
+* :mod:`sqn_ray.study.spec`      load and validate a study file (no Ray needed)
+* :mod:`sqn_ray.study.runner`    :func:`run_study` on an embedded or an existing Ray cluster
+* :mod:`sqn_ray.study.trainable` the Tune trainable (one trial = one ``sqn_ray.minimize`` run)
+* :mod:`sqn_ray.study.results`   ``iterations.parquet`` / ``trials.parquet``, atomic writes, metadata
+* :mod:`sqn_ray.study.progress`  the compact live progress table
+* :mod:`sqn_ray.study.cluster`   offline validation of a cluster-launcher file
+* :mod:`sqn_ray.study.cli`       ``sqn-ray study run|validate|check-cluster``
+
+Importing this package does not import Ray; :mod:`~sqn_ray.study.runner` and
+:mod:`~sqn_ray.study.trainable` do.
+"""
+from .spec import Study, StudySpecError, load_study, parse_study
+
+__all__ = ["Study", "StudySpecError", "load_study", "parse_study", "run_study"]
+
+
+def run_study(*args, **kwargs):
+    """See :func:`sqn_ray.study.runner.run_study` (imported on first use: it brings Ray)."""
+    from .runner import run_study as _run
+
+    return _run(*args, **kwargs)

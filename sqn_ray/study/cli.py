@@ -1,0 +1,107 @@
+"""``sqn-ray study ...``: the study commands, for the package's argparse CLI.
+
+    sqn-ray study run FILE [--out DIR] [--smoke] [--address ADDR] [--resume] [--num-cpus N] [--quiet]
+    sqn-ray study validate FILE [--smoke]
+    sqn-ray study check-cluster [cluster.yaml]
+
+Exit codes: 0 done, 2 invalid study / refused, 130 interrupted (rerun with --resume to continue).
+Nothing here imports Ray until a study actually runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_study_commands", "run_study_command"]
+
+
+def add_study_commands(subparsers) -> argparse.ArgumentParser:
+    """Add the ``study`` command (with run / validate / check-cluster) to an argparse subparsers object."""
+    study = subparsers.add_parser(
+        "study", help="run a declarative study (YAML) on Ray Tune; results in Parquet",
+        description="Run studies: problems × methods × option grids × seeds as Ray Tune trials, every "
+                    "iteration written to DIR/iterations.parquet and every trial to DIR/trials.parquet.")
+    sub = study.add_subparsers(dest="study_command", metavar="{run,validate,check-cluster}", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a study",
+                         description="Run a study. Without --address an embedded local Ray is started and "
+                                     "stopped; --address auto (or RAY_ADDRESS) joins a running cluster.")
+    run.add_argument("file", help="study file, e.g. studies/paper-toy.yaml")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: results/<study name>)")
+    run.add_argument("--smoke", action="store_true", help="apply the study's smoke: overrides (seconds, for CI)")
+    run.add_argument("--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto', 'HOST:6379')")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted study in DIR (finished trials are not rerun)")
+    run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded Ray (default: all)")
+    run.add_argument("--num-gpus", type=int, metavar="N", help="GPUs of the embedded Ray (default: detected)")
+    run.add_argument("--quiet", action="store_true", help="no live progress table")
+
+    val = sub.add_parser("validate", help="check a study file without running it")
+    val.add_argument("file")
+    val.add_argument("--smoke", action="store_true", help="validate the --smoke version")
+
+    cl = sub.add_parser("check-cluster", help="validate a Ray cluster-launcher file offline")
+    cl.add_argument("file", nargs="?", default="cluster.yaml")
+
+    study.set_defaults(func=run_study_command)
+    return study
+
+
+def _describe(study) -> str:
+    lines = [f"{study.source}: OK: study '{study.name}'{' (smoke)' if study.smoke else ''}, "
+             f"{study.num_trials} trials ({study.search['algorithm']} search"
+             f"{', ASHA' if study.scheduler else ''})"]
+    lines.append(f"  problems: {', '.join(study.problems)} · seeds: {len(study.seeds)} · "
+                 f"budget: {', '.join(f'{k} {v:g}' for k, v in study.budget.items() if v is not None)}")
+    for method in study.methods:
+        axes = ", ".join(f"{k}={'|'.join(map(str, v)) if isinstance(v, tuple) else v.to_json()}"
+                         for k, v in study.methods[method].items())
+        lines.append(f"  {method}: {len(study.method_cells(method))} cell(s){': ' + axes if axes else ''}")
+    lines.append(f"  resources per trial: cpu {study.resources['cpu']:g}, gpu {study.resources['gpu']:g} · "
+                 f"metric: {study.metric} ({study.mode})")
+    return "\n".join(lines)
+
+
+def run_study_command(args) -> int:
+    """Execute a parsed ``study`` command; returns the process exit code."""
+    from .spec import StudySpecError, load_study
+
+    cmd = args.study_command
+    try:
+        if cmd == "check-cluster":
+            from .cluster import ClusterConfigError, validate_cluster_config
+
+            try:
+                cfg = validate_cluster_config(args.file)
+            except ClusterConfigError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            types = ", ".join(f"{k} {v['resources']}" for k, v in cfg["available_node_types"].items())
+            print(f"{args.file}: OK: cluster '{cfg['cluster_name']}' on {cfg['provider']['type']}: {types}")
+            return 0
+        study = load_study(args.file, smoke=args.smoke)
+        if cmd == "validate":
+            print(_describe(study))
+            return 0
+        from .runner import StudyError, run_study
+
+        try:
+            outcome = run_study(study, args.out, address=args.address, resume=args.resume,
+                                progress=not args.quiet, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        except StudyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    except StudySpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    counts = " · ".join(f"{k} {v}" for k, v in sorted(outcome.counts.items()))
+    print(f"study '{study.name}': {outcome.done}/{outcome.total} trials ({counts}) in {outcome.wall_time:.1f} s")
+    print(f"  {outcome.iterations_path}\n  {outcome.trials_path}")
+    if outcome.interrupted:
+        resume = (f"sqn-ray study run {args.file} --out {outcome.out_dir} --resume" + (" --smoke" if args.smoke else "")
+                  + (f" --address {args.address}" if args.address else ""))
+        print(f"interrupted: continue with\n  {resume}", file=sys.stderr)
+    return outcome.exit_code

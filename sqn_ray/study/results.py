@@ -1,0 +1,545 @@
+"""The study's results: ``DIR/iterations.parquet`` and ``DIR/trials.parquet`` (the contract analysis reads).
+
+* ``iterations.parquet``: one row per trial × iteration: the trial's identity and hyperparameters (``study``,
+  ``trial_id``, ``cell``, ``variant``, ``problem``, ``method``, one column per option any method of the study
+  sets, ``seed``), then the optimizer's record (``iteration``, ``loss``, ``accuracy``, ``grad_norm``,
+  ``n_fun``, ``n_grad``, ``n_hvp``, ``grad_equivalents``, ``epochs``, ``wall_time``, ``step_size``,
+  ``trust_radius``, ``accepted``, ``pairs_kept``, ``s_norm`` and whatever else the method records).
+  ``accuracy`` is NaN on iterations where it was not evaluated (``accuracy_every``); ``wall_time`` is the
+  optimizer's own time (the platform's accuracy evaluations and pauses are taken out).
+* ``trials.parquet``: one row per trial: the same identity columns, ``status`` (solved / budget / diverged /
+  failed; ``running`` while the study runs), ``stop_reason``, ``error``, final and best loss and accuracy,
+  ``iterations``, ``grad_equivalents``, ``target_accuracy``, ``iters_to_target``,
+  ``grad_equivalents_to_target``, ``wall_time_to_target``, ``wall_time``, ``node_id``, ``node_ip``,
+  ``hostname``, ``device``, ``gpu_ids``, ``threads``, ``restarts`` (worker deaths retried),
+  ``metric``/``metric_value``/``rank``.
+
+Both files carry, in the Parquet schema metadata, ``sqn_ray.study`` (the normalized study, JSON),
+``sqn_ray.study_yaml`` (the file as written), ``sqn_ray.versions`` (JSON) and ``sqn_ray.git_revision``;
+:func:`read_metadata` returns them decoded.
+
+Writing is atomic (a temporary file in the same folder, then :func:`os.replace`), so a reader never sees half a
+file; both files are rewritten while the study runs. Each finished trial is also kept as its own part file
+under ``DIR/.parts`` (written before Tune records the trial as finished): a resumed study reloads those, and
+the merged files are always rebuilt from parts + live trials, keyed by Tune's trial ids, so an interrupted
+and resumed study has no duplicated and no lost rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["ResultStore", "read_metadata", "write_table_atomic", "study_metadata", "ID_COLUMNS",
+           "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES"]
+
+TERMINAL_STATUSES = ("solved", "budget", "diverged", "failed")
+ID_COLUMNS = ("study", "trial_id", "cell", "variant", "problem", "method")
+#: the optimizer's record columns and their Arrow types (others a method records are inferred)
+RECORD_COLUMNS = {
+    "iteration": pa.int64(), "loss": pa.float64(), "accuracy": pa.float64(), "grad_norm": pa.float64(),
+    "n_fun": pa.int64(), "n_grad": pa.int64(), "n_hvp": pa.int64(), "grad_equivalents": pa.float64(),
+    "epochs": pa.float64(), "wall_time": pa.float64(), "step_size": pa.float64(),
+    "trust_radius": pa.float64(), "accepted": pa.bool_(), "pairs_kept": pa.int64(), "s_norm": pa.float64(),
+}
+TRIAL_COLUMNS = {
+    "status": pa.string(), "stop_reason": pa.string(), "error": pa.string(), "optimizer_status": pa.string(),
+    "message": pa.string(), "final_loss": pa.float64(), "best_loss": pa.float64(),
+    "final_accuracy": pa.float64(), "best_accuracy": pa.float64(), "final_grad_norm": pa.float64(),
+    "iterations": pa.int64(), "grad_equivalents": pa.float64(), "epochs": pa.float64(),
+    "target_accuracy": pa.float64(), "iters_to_target": pa.int64(), "grad_equivalents_to_target": pa.float64(),
+    "wall_time_to_target": pa.float64(), "wall_time": pa.float64(), "trial_time": pa.float64(),
+    "node_id": pa.string(), "node_ip": pa.string(), "hostname": pa.string(), "device": pa.string(),
+    "gpu_ids": pa.string(), "cuda_visible_devices": pa.string(), "threads": pa.int64(), "pid": pa.int64(),
+    "started_at": pa.float64(), "finished_at": pa.float64(), "restarts": pa.int64(), "metric": pa.string(),
+    "metric_value": pa.float64(), "rank": pa.int64(),
+}
+PARTS = ".parts"
+_log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ file helpers
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that readers see either the old or the new file, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``sqn_ray.*`` metadata of a results file, JSON values decoded."""
+    meta = pq.read_schema(path).metadata or {}
+    out = {}
+    for k, v in meta.items():
+        k = k.decode()
+        if not k.startswith("sqn_ray."):
+            continue
+        v = v.decode()
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _git_revision() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if rev.returncode != 0:
+            return "unknown (no git commit)"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("sqn-ray", "torch", "ray", "numpy", "pandas", "pyarrow", "optuna", "scipy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            if dist == "sqn-ray":
+                import sqn_ray
+
+                out[dist] = f"{sqn_ray.__version__} (not installed)"
+    return out
+
+
+def study_metadata(study) -> dict[bytes, bytes]:
+    """Schema metadata: the study, its file, package versions and the git revision of this checkout."""
+    return {
+        b"sqn_ray.study": json.dumps(study.to_json()).encode(),
+        b"sqn_ray.study_yaml": study.text.encode(),
+        b"sqn_ray.versions": json.dumps(_versions()).encode(),
+        b"sqn_ray.git_revision": _git_revision().encode(),
+        b"sqn_ray.fingerprint": study.fingerprint.encode(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- trial identity
+def cell_key(cell: dict) -> str:
+    """A stable text key of a trial's hyperparameters and seed."""
+    return json.dumps({"problem": cell["problem"], "method": cell["method"], "seed": cell["seed"],
+                       "options": cell["options"]}, sort_keys=True, default=str)
+
+
+def _fmt_opt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def variant_label(cell: dict) -> str:
+    """``problem/method/opt=value,...`` without the seed: trials that differ only by seed share it."""
+    opts = ",".join(f"{k}={_fmt_opt(v)}" for k, v in sorted(cell["options"].items()))
+    return f"{cell['problem']}/{cell['method']}" + (f"/{opts}" if opts else "")
+
+
+def _arrow_type_of(values: Iterable) -> pa.DataType:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return pa.null()  # promotes to whatever another trial's part has
+    if all(isinstance(v, bool) for v in vals):
+        return pa.bool_()
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return pa.int64()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return pa.float64()
+    return pa.string()
+
+
+def option_types(study) -> dict[str, pa.DataType]:
+    """Arrow type per option column, from every value the study can give it (grids, ranges, defaults)."""
+    out = {}
+    for opt in study.option_names:
+        values = []
+        for method, axes in study.methods.items():
+            defaults = study.defaults.get(method, {})
+            if opt in defaults and defaults[opt] is not None:
+                values.append(defaults[opt])
+            axis = axes.get(opt)
+            if axis is None:
+                continue
+            if hasattr(axis, "kind"):
+                values += [float(a) if axis.kind in ("loguniform", "uniform") else a for a in axis.args]
+            else:
+                values += list(axis)
+        out[opt] = _arrow_type_of(values)  # null when nothing in the study gives it a value
+    return out
+
+
+def _coerce(value, typ: pa.DataType):
+    """A Python value fit for an Arrow column of type ``typ`` (NaN -> null for non-float columns)."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value) and not pa.types.is_floating(typ):
+        return None
+    if pa.types.is_floating(typ):
+        return float(value) if isinstance(value, (int, float)) else None
+    if pa.types.is_integer(typ):
+        return int(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    if pa.types.is_boolean(typ):
+        return bool(value)
+    if pa.types.is_string(typ):
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+    return value
+
+
+def _column(values: list, typ: pa.DataType | None) -> pa.Array:
+    if typ is None:
+        typ = _arrow_type_of(values)
+    return pa.array([_coerce(v, typ) for v in values], type=typ)
+
+
+# --------------------------------------------------------------------------------------------- the store
+class _Trial:
+    __slots__ = ("trial_id", "cell", "columns", "info", "summary", "table", "finished", "restarts")
+
+    def __init__(self, trial_id: str, cell: dict):
+        self.trial_id = trial_id
+        self.cell = cell
+        self.columns: dict[str, list] = {}
+        self.info: dict = {}
+        self.summary: dict | None = None
+        self.table: pa.Table | None = None  # iteration rows once finished
+        self.finished = False
+        self.restarts = 0
+
+    @property
+    def n_rows(self) -> int:
+        if self.table is not None:
+            return self.table.num_rows
+        return len(self.columns.get("iteration", ()))
+
+
+class ResultStore:
+    """Collects the trials' rows on the driver and writes the two Parquet files (see the module docstring).
+
+    ``add_rows`` takes the column chunks a trial reports; ``finish`` writes the trial's part file; ``flush``
+    rewrites ``iterations.parquet`` and ``trials.parquet`` (throttled unless forced) for the trials Tune knows.
+    """
+
+    def __init__(self, out_dir: str | Path, study, *, min_flush_interval: float = 2.0):
+        self.out_dir = Path(out_dir)
+        self.parts_dir = self.out_dir / PARTS
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.study = study
+        self.metadata = study_metadata(study)
+        self.option_types = option_types(study)
+        self.trials: dict[str, _Trial] = {}
+        self.known: set[str] | None = None
+        self._dirty = True
+        self._last_flush = 0.0
+        self._flush_cost = 0.0
+        self.min_flush_interval = min_flush_interval
+        self._lock = threading.Lock()  # the trials' data
+        self._write_lock = threading.Lock()  # one writer at a time, newest data last
+        self._writer = None
+
+    @property
+    def iterations_path(self) -> Path:
+        return self.out_dir / "iterations.parquet"
+
+    @property
+    def trials_path(self) -> Path:
+        return self.out_dir / "trials.parquet"
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def load_parts(self) -> dict[str, dict]:
+        """Reload finished trials from ``DIR/.parts``; returns {trial_id: summary} (what a resumed trial
+        needs to replay itself without recomputing)."""
+        out = {}
+        for path in sorted(self.parts_dir.glob("*.parquet")):
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowInvalid):  # a part is written atomically; anything else is not ours
+                continue
+            meta = json.loads(table.schema.metadata[b"sqn_ray.trial"])
+            t = _Trial(meta["trial_id"], meta["cell"])
+            t.summary, t.info, t.table, t.finished = meta["summary"], meta["info"], table.replace_schema_metadata(), True
+            self.trials[t.trial_id] = t
+            out[t.trial_id] = {"cell_key": cell_key(t.cell), "summary": t.summary}
+        self._dirty = True
+        return out
+
+    # -- live updates ---------------------------------------------------------------------------------
+    def start(self, trial_id: str, cell: dict) -> None:
+        with self._lock:
+            if trial_id not in self.trials:
+                self.trials[trial_id] = _Trial(trial_id, cell)
+                self._dirty = True
+
+    def restart(self, trial_id: str, cell: dict) -> None:
+        """The trial starts over (retry after a worker died, or a rerun): forget its rows."""
+        with self._lock:
+            old = self.trials.get(trial_id)
+            t = self.trials[trial_id] = _Trial(trial_id, cell)
+            t.restarts = (old.restarts + 1) if old is not None else 1
+            self._remove_part(trial_id)
+            self._dirty = True
+
+    def add_rows(self, trial_id: str, cell: dict, chunk: dict[str, list] | None, info: dict | None) -> None:
+        with self._lock:
+            t = self.trials.get(trial_id)
+            if t is None or (t.finished and chunk and chunk.get("iteration")):
+                # a finished trial sending rows again is being recomputed from scratch
+                t = self.trials[trial_id] = _Trial(trial_id, cell)
+                self._remove_part(trial_id)
+            if info:
+                t.info.update(info)
+            if chunk:
+                n = t.n_rows
+                for k, vals in chunk.items():
+                    col = t.columns.setdefault(k, [None] * n)
+                    col.extend(vals)
+                m = t.n_rows
+                for col in t.columns.values():
+                    if len(col) < m:
+                        col.extend([None] * (m - len(col)))
+            self._dirty = True
+
+    def finish(self, trial_id: str, cell: dict, final: dict) -> None:
+        """Record the trial's outcome (``final`` from the trainable, or from the driver for trials Tune
+        stopped or lost) and write its part file."""
+        with self._lock:
+            t = self.trials.get(trial_id)
+            if t is None:
+                t = self.trials[trial_id] = _Trial(trial_id, cell)
+            if t.finished:
+                return
+            patch = final.pop("patch_last", None)
+            if patch and t.n_rows:
+                for k, v in patch.items():
+                    t.columns.setdefault(k, [None] * t.n_rows)[-1] = v
+            info = final.pop("info", None)
+            if info:
+                t.info.update(info)
+            t.table = self._iteration_table([t])
+            t.columns = {}
+            t.summary = self._summarize(t, final)
+            t.finished = True
+            meta = {"trial_id": trial_id, "cell": t.cell, "summary": t.summary, "info": t.info}
+            part = t.table.replace_schema_metadata({b"sqn_ray.trial": json.dumps(meta, default=str).encode()})
+            write_table_atomic(part, self.parts_dir / f"{trial_id}.parquet")
+            self._dirty = True
+
+    def is_finished(self, trial_id: str) -> bool:
+        t = self.trials.get(trial_id)
+        return bool(t and t.finished)
+
+    def set_known(self, trial_ids: Iterable[str]) -> None:
+        """Tune's current trial ids: only those are written (a part from a trial Tune has forgotten is not)."""
+        ids = set(trial_ids)
+        if ids != self.known:
+            self.known = ids
+            self._dirty = True
+
+    def _remove_part(self, trial_id: str) -> None:
+        try:
+            (self.parts_dir / f"{trial_id}.parquet").unlink()
+        except FileNotFoundError:
+            pass
+
+    # -- summaries ------------------------------------------------------------------------------------
+    def _target(self, t: _Trial) -> float | None:
+        """The accuracy a trial must reach to count as solved: the stop rule's, else (no stop rule, or
+        ``accuracy: target``) the problem's own; None when the stop rule is a loss only."""
+        target = self.study.target_accuracy
+        if target is None and self.study.stop.get("loss") is not None:
+            return None
+        if target == "target" or target is None:
+            target = t.info.get("problem_target_accuracy")
+        return None if target is None else float(target)
+
+    def _summarize(self, t: _Trial, final: dict) -> dict:
+        tab = t.table
+        col = lambda name: tab.column(name).to_pylist() if name in tab.column_names else [None] * tab.num_rows  # noqa: E731
+        loss, acc, it = col("loss"), col("accuracy"), col("iteration")
+        ge, wall, gnorm, ep = col("grad_equivalents"), col("wall_time"), col("grad_norm"), col("epochs")
+        finite = lambda xs: [x for x in xs if x is not None and math.isfinite(x)]  # noqa: E731
+        last = lambda xs: next((x for x in reversed(xs) if x is not None and not (isinstance(x, float) and math.isnan(x))), None)  # noqa: E731
+        target = self._target(t)
+        hit, loss_target = None, self.study.stop.get("loss")
+        if target is not None:  # the stop rule's accuracy (or the problem's own target)
+            hit = next((i for i, a in enumerate(acc) if a is not None and not math.isnan(a) and a >= target), None)
+        elif loss_target is not None:
+            hit = next((i for i, f in enumerate(loss) if f is not None and f <= loss_target), None)
+        status = final.get("status") or "budget"
+        if final.get("stop_reason") == "scheduler" and it and it[-1] is not None \
+                and it[-1] >= self.study.budget["iterations"]:
+            final["stop_reason"] = "iterations"  # the scheduler's max_t and the budget coincided
+        if status == "budget" and hit is not None and final.get("stop_reason") != "scheduler":
+            status = "solved"
+        s = {
+            "status": status, "stop_reason": final.get("stop_reason"), "error": final.get("error"),
+            "optimizer_status": final.get("optimizer_status"), "message": final.get("message"),
+            "final_loss": loss[-1] if loss else None, "best_loss": min(finite(loss), default=None),
+            "final_accuracy": last(acc), "best_accuracy": max(finite(acc), default=None),
+            "final_grad_norm": gnorm[-1] if gnorm else None,
+            "iterations": it[-1] if it else None, "grad_equivalents": last(ge), "epochs": last(ep),
+            "target_accuracy": target,
+            "iters_to_target": it[hit] if hit is not None else None,
+            "grad_equivalents_to_target": ge[hit] if hit is not None else None,
+            "wall_time_to_target": wall[hit] if hit is not None else None,
+            "wall_time": last(wall), "trial_time": final.get("trial_time"), "restarts": t.restarts,
+            "finished_at": final.get("finished_at", time.time()),
+        }
+        return s
+
+    def _running_summary(self, t: _Trial) -> dict:
+        loss, acc = t.columns.get("loss", []), t.columns.get("accuracy", [])
+        finite = lambda xs: [x for x in xs if x is not None and isinstance(x, (int, float)) and math.isfinite(x)]  # noqa: E731
+        it, ge = t.columns.get("iteration", []), t.columns.get("grad_equivalents", [])
+        return {"status": "running", "final_loss": loss[-1] if loss else None,
+                "best_loss": min(finite(loss), default=None), "best_accuracy": max(finite(acc), default=None),
+                "final_accuracy": next((a for a in reversed(finite(acc))), None),
+                "iterations": it[-1] if it else None, "grad_equivalents": ge[-1] if ge else None,
+                "target_accuracy": self._target(t), "restarts": t.restarts}
+
+    # -- tables ---------------------------------------------------------------------------------------
+    def _identity(self, t: _Trial) -> dict[str, Any]:
+        cell = t.cell
+        ident = {"study": self.study.name, "trial_id": t.trial_id, "cell": cell_key(cell),
+                 "variant": variant_label(cell), "problem": cell["problem"], "method": cell["method"]}
+        defaults = self.study.defaults.get(cell["method"], {})
+        for opt in self.option_types:
+            ident[opt] = cell["options"].get(opt, defaults.get(opt))
+        ident["seed"] = cell["seed"]
+        return ident
+
+    def _identity_columns(self, trials: list[_Trial], counts: list[int]) -> dict[str, pa.Array]:
+        cols: dict[str, list] = {}
+        for t, n in zip(trials, counts):
+            for k, v in self._identity(t).items():
+                cols.setdefault(k, []).extend([v] * n)
+        types = {**{k: pa.string() for k in ID_COLUMNS}, **self.option_types, "seed": pa.int64()}
+        return {k: _column(v, types[k]) for k, v in cols.items()}
+
+    def _iteration_table(self, trials: list[_Trial]) -> pa.Table:
+        """The collected rows of ``trials`` as one table, identity columns first."""
+        counts = [t.n_rows for t in trials]
+        arrays = self._identity_columns(trials, counts)
+        names = list(RECORD_COLUMNS) + sorted({k for t in trials for k in t.columns} - set(RECORD_COLUMNS))
+        for name in names:
+            values = []
+            for t, n in zip(trials, counts):
+                values.extend(t.columns.get(name, [None] * n))
+            arrays[name] = _column(values, RECORD_COLUMNS.get(name))  # other columns: inferred (parts are
+            # merged with permissive promotion, so an int column in one trial and float in another is fine)
+        table = pa.table(arrays)
+        if len(trials) == 1 and table.num_rows:  # one trial's rows: keep the last row of each iteration
+            last = {it: i for i, it in enumerate(table.column("iteration").to_pylist())}
+            if len(last) != table.num_rows:
+                table = table.take(pa.array(sorted(last.values())))
+        return table
+
+    def _selected(self) -> list[_Trial]:
+        trials = list(self.trials.values())
+        if self.known is not None:
+            trials = [t for t in trials if t.trial_id in self.known]
+        return sorted(trials, key=lambda t: t.trial_id)
+
+    def iterations_table(self) -> pa.Table:
+        trials = self._selected()
+        parts = [t.table for t in trials if t.finished and t.table is not None and t.table.num_rows]
+        live = [t for t in trials if not t.finished and t.n_rows]
+        if live:
+            parts.append(self._iteration_table(live))
+        if not parts:
+            return self._iteration_table([]).replace_schema_metadata(self.metadata)
+        table = pa.concat_tables(parts, promote_options="permissive")
+        return table.replace_schema_metadata(self.metadata)
+
+    def trials_table(self) -> pa.Table:
+        trials = self._selected()
+        ident = self._identity_columns(trials, [1] * len(trials))
+        rows = []
+        for t in trials:
+            s = dict(t.summary) if t.finished else self._running_summary(t)
+            info = t.info
+            s.update({k: info.get(k) for k in ("node_id", "node_ip", "hostname", "device", "gpu_ids",
+                                                 "cuda_visible_devices", "threads", "pid", "started_at")})
+            rows.append(s)
+        metric, mode = self.study.metric, self.study.mode
+        key = {"loss": "final_loss", "best_loss": "best_loss", "accuracy": "final_accuracy",
+               "best_accuracy": "best_accuracy", "grad_norm": "final_grad_norm"}[metric]
+        values = [r.get(key) for r in rows]
+        order = sorted((i for i, v in enumerate(values) if v is not None and math.isfinite(v)),
+                       key=lambda i: values[i] if mode == "min" else -values[i])
+        rank = {i: r + 1 for r, i in enumerate(order)}
+        for i, r in enumerate(rows):
+            r.update(metric=metric, metric_value=values[i], rank=rank.get(i))
+        arrays = dict(ident)
+        for name, typ in TRIAL_COLUMNS.items():
+            arrays[name] = _column([r.get(name) for r in rows], typ)
+        return pa.table(arrays).replace_schema_metadata(self.metadata)
+
+    # -- writing --------------------------------------------------------------------------------------
+    def flush(self, *, force: bool = False) -> bool:
+        """Rewrite both files if anything changed; unless ``force``, at most every few seconds (and never
+        more than ~10 % of the time). The tables are assembled under the store's lock, written outside it."""
+        with self._write_lock:
+            now = time.monotonic()
+            if not self._dirty or (not force and now - self._last_flush < max(self.min_flush_interval,
+                                                                              10 * self._flush_cost)):
+                return False
+            with self._lock:
+                iterations, trials = self.iterations_table(), self.trials_table()
+                self._dirty = False
+            try:
+                write_table_atomic(iterations, self.iterations_path)
+                write_table_atomic(trials, self.trials_path)
+            except BaseException:
+                self._dirty = True
+                raise
+            self._last_flush = time.monotonic()
+            self._flush_cost = self._last_flush - now
+            return True
+
+    def start_writer(self, poll: float = 0.5) -> None:
+        """Flush from a background thread while the study runs (Tune's event loop is never blocked by it)."""
+        self._writer_stop = threading.Event()
+
+        def loop():
+            while not self._writer_stop.wait(poll):
+                try:
+                    self.flush()
+                except Exception:  # noqa: BLE001 - retried at the next poll; the final flush raises
+                    _log.warning("writing the study's Parquet files failed; retrying", exc_info=True)
+
+        self._writer = threading.Thread(target=loop, name="sqn-ray-parquet-writer", daemon=True)
+        self._writer.start()
+
+    def stop_writer(self) -> None:
+        if getattr(self, "_writer", None) is not None:
+            self._writer_stop.set()
+            self._writer.join()
+            self._writer = None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self._selected():
+            status = t.summary["status"] if t.finished else "running"
+            out[status] = out.get(status, 0) + 1
+        return out

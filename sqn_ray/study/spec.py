@@ -1,0 +1,561 @@
+"""Study files: a declarative study over problems × methods × option grids × seeds.
+
+A study file is YAML, loaded with a :class:`yaml.SafeLoader` (nothing in it is executed) and validated
+completely before Ray starts. Every error is a :class:`StudySpecError` naming the file, the field path and
+the allowed values, e.g. ``studies/x.yaml: methods.s-lsr1.memroy: unknown option; allowed: b0, memory, ...``.
+
+Layout (every key but ``problems`` and ``methods`` is optional)::
+
+    name: sensitivity                 # defaults to the file stem
+    description: S-LSR1 and S-LBFGS over m × r × Option I/II
+    problems: [toy-small, toy-medium]
+    methods:                          # method -> its option axes (or a plain list of method names)
+      s-lsr1: {memory: [4, 16], radius: [1.0e-3, 1.0], sampling: [hvp, grad-diff]}
+      lbfgs: {memory: 16}             # a scalar is one fixed value, a list is a grid axis
+    options: {memory: [4, 16]}        # shared axes, applied only to the methods that take the option
+    seeds: 10                         # 10 -> seeds 0..9, or an explicit list
+    budget: {iterations: 1000, grad_equivalents: null, wall_time: 60}
+    stop: {accuracy: target}          # 'target' = the problem's target accuracy; or a number; or loss: 1e-4
+    resources: {cpu: 1, gpu: 0}       # per trial; fractional gpu packs trials onto one device
+    metric: {name: best_loss, mode: min}   # what Tune's search/scheduler and the ranking use
+    search: {algorithm: grid, num_samples: 1, seed: 0}   # grid | random | optuna
+    scheduler: {type: asha, time_attr: grad_equivalents, grace_period: 50, reduction_factor: 3}
+    dtype: float64                    # or float32
+    device: auto                      # cuda:0 when Ray gives the trial a GPU; cpu / cuda to insist
+    accuracy_every: 1                 # evaluate training accuracy every k-th iterate (and at the end)
+    max_failures: 2                   # retries of a trial whose worker died (an exception is not retried)
+    max_concurrent_trials: null       # default: as many as the resources allow
+    report_interval: 1.0              # seconds between a trial's reports (0: every iteration)
+    smoke: {seeds: 1, budget: {iterations: 10}}          # overrides applied by --smoke
+
+Options that do not apply to a method are never crossed into it (``radius`` is not an L-BFGS option), so
+the grid has no duplicate cells. Every cell with seed ``s`` starts from ``problem.init(s)`` and passes
+``seed=s`` to the method: common random numbers, cells differ only by their hyperparameters.
+
+Besides lists, an option may be a range for ``search.algorithm`` random or optuna::
+
+    radius: {loguniform: [1.0e-4, 1.0]}    memory: {int: [2, 32]}    memory: {logint: [2, 64]}
+    lr: {uniform: [0.01, 0.5]}             sampling: {choice: [hvp, grad-diff]}
+
+Integer ranges include both ends.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+__all__ = [
+    "StudySpecError", "Distribution", "Study", "load_study", "parse_study", "METRICS", "TIME_ATTRS",
+    "SEARCH_ALGORITHMS",
+]
+
+TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "budget", "stop", "resources",
+            "metric", "search", "scheduler", "dtype", "device", "accuracy_every", "max_failures",
+            "max_concurrent_trials", "report_interval", "smoke")
+BUDGET_KEYS = ("iterations", "grad_equivalents", "wall_time")
+STOP_KEYS = ("accuracy", "loss")
+RESOURCE_KEYS = ("cpu", "gpu")
+SEARCH_KEYS = ("algorithm", "num_samples", "seed", "max_concurrent")
+SCHEDULER_KEYS = ("type", "time_attr", "grace_period", "max_t", "reduction_factor", "brackets")
+SEARCH_ALGORITHMS = ("grid", "random", "optuna")
+SCHEDULERS = ("asha",)
+#: per-report values a study may rank by, with their natural direction
+METRICS = {"loss": "min", "best_loss": "min", "grad_norm": "min", "accuracy": "max", "best_accuracy": "max"}
+#: reported cost axes an ASHA scheduler may use as its clock
+TIME_ATTRS = ("iteration", "grad_equivalents", "epochs", "wall_time")
+DTYPES = ("float64", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "logint", "choice")
+DEFAULT_BUDGET = {"iterations": 1000, "grad_equivalents": None, "wall_time": None}
+#: what --smoke does to a study file without a ``smoke:`` block
+DEFAULT_SMOKE = {"seeds": 1, "budget": {"iterations": 10, "wall_time": 30}, "search": {"num_samples": 2}}
+
+
+class StudySpecError(ValueError):
+    """A study file is invalid. The message names the file, the field path and the allowed values."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), not as the string PyYAML makes of it."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A range an option is searched over: ``kind`` in :data:`DISTRIBUTIONS`, ``args`` its bounds/choices."""
+
+    kind: str
+    args: tuple
+
+    def tune_domain(self):
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.args)
+        if self.kind == "uniform":
+            return tune.uniform(*self.args)
+        if self.kind == "int":
+            return tune.randint(self.args[0], self.args[1] + 1)  # Tune's upper bound is exclusive
+        if self.kind == "logint":
+            return tune.lograndint(self.args[0], self.args[1] + 1)
+        return tune.choice(list(self.args))
+
+    def suggest(self, trial, name: str):
+        """Draw from an Optuna trial (define-by-run)."""
+        if self.kind == "loguniform":
+            return trial.suggest_float(name, *self.args, log=True)
+        if self.kind == "uniform":
+            return trial.suggest_float(name, *self.args)
+        if self.kind in ("int", "logint"):
+            return trial.suggest_int(name, *self.args, log=self.kind == "logint")
+        return trial.suggest_categorical(name, list(self.args))
+
+    def to_json(self):
+        return {self.kind: list(self.args)}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study. ``methods`` maps each method to its option axes: a tuple of grid values or a
+    :class:`Distribution` (only with random/optuna search)."""
+
+    name: str
+    description: str
+    problems: tuple[str, ...]
+    methods: dict[str, dict[str, tuple | Distribution]]
+    seeds: tuple[int, ...]
+    budget: dict[str, Any]
+    stop: dict[str, Any]
+    resources: dict[str, float]
+    metric: str
+    mode: str
+    search: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    dtype: str
+    device: str
+    accuracy_every: int
+    max_failures: int
+    max_concurrent_trials: int | None
+    report_interval: float
+    source: str
+    smoke: bool
+    raw: dict = field(repr=False)
+    text: str = field(default="", repr=False)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    # ---------------------------------------------------------------- grid
+    def grid_axes(self, method: str) -> dict[str, tuple]:
+        return {k: v for k, v in self.methods[method].items() if not isinstance(v, Distribution)}
+
+    def ranges(self, method: str) -> dict[str, Distribution]:
+        return {k: v for k, v in self.methods[method].items() if isinstance(v, Distribution)}
+
+    def method_cells(self, method: str) -> list[dict[str, Any]]:
+        """The grid's option combinations for one method (ranges excluded)."""
+        axes = self.grid_axes(method)
+        names = sorted(axes)
+        return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every (problem, method, options, seed) cell of the grid, in a stable order."""
+        out = []
+        for problem in self.problems:
+            for method in self.methods:
+                for options in self.method_cells(method):
+                    for seed in self.seeds:
+                        out.append({"problem": problem, "method": method, "seed": int(seed),
+                                    "options": dict(options)})
+        return out
+
+    @property
+    def num_trials(self) -> int:
+        if self.search["algorithm"] == "optuna":
+            return int(self.search["num_samples"])
+        return len(self.cells()) * int(self.search["num_samples"])
+
+    @property
+    def option_names(self) -> list[str]:
+        """Every option any method of the study sets or sweeps (the option columns of the results)."""
+        names = {"memory", "radius", "sampling"}
+        for axes in self.methods.values():
+            names.update(axes)
+        return sorted(names)
+
+    @property
+    def target_accuracy(self):
+        """The stop rule's accuracy: a number, 'target' (the problem's own) or None."""
+        return self.stop.get("accuracy")
+
+    def to_json(self) -> dict:
+        """The normalized study (what ran), JSON-serializable."""
+        methods = {m: {k: (v.to_json() if isinstance(v, Distribution) else list(v)) for k, v in axes.items()}
+                   for m, axes in self.methods.items()}
+        return {"name": self.name, "description": self.description, "problems": list(self.problems),
+                "methods": methods, "seeds": list(self.seeds), "budget": self.budget, "stop": self.stop,
+                "resources": self.resources, "metric": {"name": self.metric, "mode": self.mode},
+                "search": self.search, "scheduler": self.scheduler, "dtype": self.dtype, "device": self.device,
+                "accuracy_every": self.accuracy_every, "max_failures": self.max_failures,
+                "max_concurrent_trials": self.max_concurrent_trials, "report_interval": self.report_interval,
+                "source": self.source, "smoke": self.smoke}
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what determines the trials; a resumed study must match it."""
+        body = self.to_json()
+        for key in ("source", "description", "max_concurrent_trials", "report_interval"):
+            body.pop(key)
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_study(path: str | Path, *, smoke: bool = False) -> Study:
+    """Read and validate a study file; ``smoke`` applies its ``smoke:`` overrides (or a default shrink)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StudySpecError(f"{path}: cannot read the study file: {e.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: no tags, no objects
+    except yaml.YAMLError as e:
+        raise StudySpecError(f"{path}: not valid YAML: {e}") from None
+    return parse_study(data, source=str(path), smoke=smoke, text=text)
+
+
+def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> Study:
+    """Validate an already loaded study mapping (see the module docstring for the layout)."""
+    return _Parser(source).parse(data, smoke=smoke, text=text)
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fmt(values: Iterable) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.suffix = ""
+
+    def fail(self, path: str, message: str, allowed: Iterable | None = None):
+        msg = f"{self.source}: {path}: {message}"
+        if allowed is not None:
+            msg += f"; allowed: {_fmt(allowed)}"
+        raise StudySpecError(msg + self.suffix)
+
+    # -- small typed readers ---------------------------------------------------------------------
+    def mapping(self, value, path, keys: Iterable[str] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        for k in value:
+            if not isinstance(k, str):
+                self.fail(path, f"keys must be strings, got {k!r}")
+            if keys is not None and k not in keys:
+                self.fail(f"{path}.{k}" if path else k, "unknown key", keys)
+        return dict(value)
+
+    def integer(self, value, path, *, low=None, none_ok=False):
+        if value is None and none_ok:
+            return None
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(path, f"expected an integer, got {value!r}")
+        if low is not None and value < low:
+            self.fail(path, f"must be >= {low}, got {value}")
+        return value
+
+    def number(self, value, path, *, positive=False, nonneg=False, none_ok=False):
+        if value is None and none_ok:
+            return None
+        if not _is_number(value) or not math.isfinite(value):
+            self.fail(path, f"expected a finite number, got {value!r}")
+        if positive and value <= 0:
+            self.fail(path, f"must be > 0, got {value}")
+        if nonneg and value < 0:
+            self.fail(path, f"must be >= 0, got {value}")
+        return value
+
+    def choice(self, value, path, allowed):
+        if value not in allowed:
+            self.fail(path, f"unknown value {value!r}", allowed)
+        return value
+
+    def str_list(self, value, path, allowed) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"expected a non-empty list, got {value!r}", allowed)
+        seen = []
+        for i, v in enumerate(value):
+            if v not in allowed:
+                self.fail(f"{path}[{i}]", f"unknown value {v!r}", allowed)
+            if v in seen:
+                self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
+            seen.append(v)
+        return tuple(seen)
+
+    # -- the study ---------------------------------------------------------------------------------
+    def parse(self, data, *, smoke: bool, text: str) -> Study:
+        import sqn_ray
+        from sqn_ray.problems import PROBLEMS
+
+        if data is None:
+            self.fail("(top level)", "the study file is empty")
+        if not isinstance(data, Mapping):
+            self.fail("(top level)", f"expected a mapping of study fields, got {type(data).__name__}")
+        raw = self.mapping(data, "", TOP_KEYS)
+        if "smoke" in raw:
+            smoke_block = self.mapping(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke"))
+        else:
+            smoke_block = DEFAULT_SMOKE
+        spec = {k: v for k, v in raw.items() if k != "smoke"}
+        if smoke:
+            spec = _deep_merge(spec, smoke_block)
+            self.suffix = " (after applying the study's smoke: overrides for --smoke)"
+
+        stem = Path(self.source).stem if self.source != "<study>" else "study"
+        name = spec.get("name", stem)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            self.fail("name", f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
+        description = spec.get("description", "")
+        if not isinstance(description, str):
+            self.fail("description", f"expected a string, got {description!r}")
+
+        if "problems" not in spec:
+            self.fail("problems", "missing (which problems to run)", PROBLEMS)
+        problems = self.str_list(spec["problems"], "problems", tuple(PROBLEMS))
+
+        search = self.mapping(spec.get("search"), "search", SEARCH_KEYS)
+        algorithm = self.choice(search.get("algorithm", "grid"), "search.algorithm", SEARCH_ALGORITHMS)
+        search = {
+            "algorithm": algorithm,
+            "num_samples": self.integer(search.get("num_samples", 1), "search.num_samples", low=1),
+            "seed": self.integer(search.get("seed", 0), "search.seed", low=0),
+            "max_concurrent": self.integer(search.get("max_concurrent"), "search.max_concurrent", low=1,
+                                           none_ok=True),
+        }
+
+        methods = self.methods(spec, sqn_ray, algorithm)
+        seeds = self.seeds(spec.get("seeds", 1))
+
+        budget = self.mapping(spec.get("budget"), "budget", BUDGET_KEYS)
+        budget = {
+            "iterations": self.integer(budget.get("iterations", DEFAULT_BUDGET["iterations"]),
+                                       "budget.iterations", low=1),
+            "grad_equivalents": self.number(budget.get("grad_equivalents"), "budget.grad_equivalents",
+                                            positive=True, none_ok=True),
+            "wall_time": self.number(budget.get("wall_time"), "budget.wall_time", positive=True, none_ok=True),
+        }
+        stop = self.mapping(spec.get("stop"), "stop", STOP_KEYS)
+        accuracy = stop.get("accuracy")
+        if accuracy is not None and accuracy != "target":
+            accuracy = self.number(accuracy, "stop.accuracy", positive=True)
+            if accuracy > 1:
+                self.fail("stop.accuracy", f"an accuracy is at most 1 (a fraction), got {accuracy}")
+        stop = {"accuracy": accuracy, "loss": self.number(stop.get("loss"), "stop.loss", none_ok=True)}
+
+        resources = self.mapping(spec.get("resources"), "resources", RESOURCE_KEYS)
+        resources = {"cpu": self.number(resources.get("cpu", 1), "resources.cpu", positive=True),
+                     "gpu": self.number(resources.get("gpu", 0), "resources.gpu", nonneg=True)}
+        if resources["gpu"] > 1 and not float(resources["gpu"]).is_integer():
+            self.fail("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {resources['gpu']}")
+
+        metric_spec = spec.get("metric", "loss")
+        if isinstance(metric_spec, str):
+            metric_spec = {"name": metric_spec}
+        metric_spec = self.mapping(metric_spec, "metric", ("name", "mode"))
+        metric = self.choice(metric_spec.get("name", "loss"), "metric.name", tuple(METRICS))
+        mode = self.choice(metric_spec.get("mode", METRICS[metric]), "metric.mode", ("min", "max"))
+
+        scheduler = self.scheduler(spec.get("scheduler"), budget)
+        dtype = self.choice(spec.get("dtype", "float64"), "dtype", DTYPES)
+        device = self.choice(spec.get("device", "auto"), "device", DEVICES)
+        accuracy_every = self.integer(spec.get("accuracy_every", 1), "accuracy_every", low=1)
+        max_failures = self.integer(spec.get("max_failures", 2), "max_failures", low=0)
+        max_conc = self.integer(spec.get("max_concurrent_trials"), "max_concurrent_trials", low=1, none_ok=True)
+        report_interval = self.number(spec.get("report_interval", 1.0), "report_interval", nonneg=True)
+
+        if device == "cuda" and resources["gpu"] <= 0:
+            self.fail("device", "device: cuda needs resources.gpu > 0 (or device: auto)")
+        if algorithm == "optuna" and len(problems) != 1:
+            self.fail("problems", f"an optuna search tunes one problem at a time, got {len(problems)} "
+                                  "(write one study per problem)")
+        if algorithm == "grid" and search["num_samples"] != 1:
+            self.fail("search.num_samples", "a grid runs every cell once; repeat it with more seeds, or use "
+                                            "search.algorithm random or optuna")
+        defaults = {m: dict(sqn_ray.method_options(m)) for m in methods}
+        study = Study(name=name, description=description, problems=problems, methods=methods, seeds=seeds,
+                      budget=budget, stop=stop, resources=resources, metric=metric, mode=mode, search=search,
+                      scheduler=scheduler, dtype=dtype, device=device, accuracy_every=accuracy_every,
+                      max_failures=max_failures, max_concurrent_trials=max_conc,
+                      report_interval=report_interval, source=self.source, smoke=smoke, raw=raw, text=text,
+                      defaults=defaults)
+        if study.num_trials == 0:
+            self.fail("methods", "the study has no trials")
+        return study
+
+    def seeds(self, value) -> tuple[int, ...]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            self.integer(value, "seeds", low=1)
+            return tuple(range(value))
+        if not isinstance(value, list) or not value:
+            self.fail("seeds", f"expected a count (10 -> seeds 0..9) or a non-empty list of seeds, got {value!r}")
+        out = []
+        for i, s in enumerate(value):
+            s = self.integer(s, f"seeds[{i}]", low=0)
+            if s in out:
+                self.fail(f"seeds[{i}]", f"seed {s} is listed twice")
+            out.append(s)
+        return tuple(out)
+
+    def scheduler(self, value, budget) -> dict | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"type": value}
+        value = self.mapping(value, "scheduler", SCHEDULER_KEYS)
+        kind = self.choice(value.get("type", "asha"), "scheduler.type", SCHEDULERS)
+        time_attr = self.choice(value.get("time_attr", "iteration"), "scheduler.time_attr", TIME_ATTRS)
+        default_max = {"iteration": budget["iterations"], "grad_equivalents": budget["grad_equivalents"],
+                       "wall_time": budget["wall_time"], "epochs": None}[time_attr]
+        max_t = value.get("max_t", default_max)
+        if max_t is None:
+            self.fail("scheduler.max_t", f"needed: the budget sets no limit on {time_attr}")
+        max_t = self.number(max_t, "scheduler.max_t", positive=True)
+        grace = self.number(value.get("grace_period", max(1, max_t / 27)), "scheduler.grace_period", positive=True)
+        if grace > max_t:
+            self.fail("scheduler.grace_period", f"must be <= max_t ({max_t}), got {grace}")
+        rf = self.number(value.get("reduction_factor", 3), "scheduler.reduction_factor", positive=True)
+        if rf <= 1:
+            self.fail("scheduler.reduction_factor", f"must be > 1, got {rf}")
+        return {"type": kind, "time_attr": time_attr, "max_t": max_t, "grace_period": grace,
+                "reduction_factor": rf, "brackets": self.integer(value.get("brackets", 1), "scheduler.brackets",
+                                                                 low=1)}
+
+    def axis(self, value, path, algorithm) -> tuple | Distribution:
+        """One option's values: scalar -> fixed, list -> grid axis, {kind: args} -> range."""
+        if isinstance(value, Mapping):
+            if len(value) != 1:
+                self.fail(path, f"a range is one of {{kind: [low, high]}}, got {dict(value)!r}", DISTRIBUTIONS)
+            (kind, args), = value.items()
+            self.choice(kind, f"{path}.{kind}" if isinstance(kind, str) else path, DISTRIBUTIONS)
+            if algorithm == "grid":
+                self.fail(path, f"a range ({kind}) needs search.algorithm random or optuna; a grid takes lists")
+            if not isinstance(args, list) or not args:
+                self.fail(f"{path}.{kind}", f"expected a list, got {args!r}")
+            if kind == "choice":
+                return Distribution(kind, tuple(args))
+            if len(args) != 2:
+                self.fail(f"{path}.{kind}", f"expected [low, high], got {args!r}")
+            if kind in ("int", "logint"):
+                low, high = (self.integer(a, f"{path}.{kind}") for a in args)
+            else:
+                low, high = (self.number(a, f"{path}.{kind}") for a in args)
+            if not low < high:
+                self.fail(f"{path}.{kind}", f"low must be < high, got {args!r}")
+            if kind in ("loguniform", "logint") and low <= 0:
+                self.fail(f"{path}.{kind}", f"a log range needs low > 0, got {low}")
+            return Distribution(kind, (low, high))
+        if isinstance(value, list):
+            if not value:
+                self.fail(path, "empty grid: give at least one value")
+            for i, v in enumerate(value):
+                if isinstance(v, (list, Mapping)):
+                    self.fail(f"{path}[{i}]", f"grid values are scalars, got {v!r}")
+                if v in value[:i]:
+                    self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
+            return tuple(value)
+        if value is None:
+            self.fail(path, "no value given")
+        return (value,)
+
+    def methods(self, spec, sqn_ray, algorithm) -> dict[str, dict]:
+        allowed = tuple(sqn_ray.METHODS)
+        if "methods" not in spec:
+            self.fail("methods", "missing (which methods to run)", allowed)
+        value = spec["methods"]
+        if isinstance(value, (str, list)):
+            value = {m: None for m in self.str_list(value, "methods", allowed)}
+        value = self.mapping(value, "methods")
+        if not value:
+            self.fail("methods", "no methods given", allowed)
+        shared = self.mapping(spec.get("options"), "options")
+        out: dict[str, dict] = {}
+        shared_used = set()
+        for method, opts in value.items():
+            self.choice(method, f"methods.{method}", allowed)
+            known = dict(sqn_ray.method_options(method))
+            known.pop("seed", None)
+            opts = self.mapping(opts, f"methods.{method}")
+            axes = {}
+            for opt, v in shared.items():
+                if opt in known:
+                    axes[opt] = self.axis(v, f"options.{opt}", algorithm)
+                    shared_used.add(opt)
+            for opt, v in opts.items():
+                if opt == "seed":
+                    self.fail(f"methods.{method}.seed", "seeds come from the top-level 'seeds' (common random "
+                                                        "numbers across cells)")
+                if opt not in known:
+                    self.fail(f"methods.{method}.{opt}", f"not an option of {method}", sorted(known))
+                axes[opt] = self.axis(v, f"methods.{method}.{opt}", algorithm)
+            self.check_values(method, axes, sqn_ray)
+            out[method] = axes
+        for opt in shared:
+            if opt == "seed":
+                self.fail("options.seed", "seeds come from the top-level 'seeds'")
+            if opt not in shared_used:
+                self.fail(f"options.{opt}", f"no listed method takes option {opt!r}", sorted(
+                    {o for m in out for o in sqn_ray.method_options(m) if o != "seed"}))
+        return out
+
+    def check_values(self, method, axes, sqn_ray):
+        """Let the optimizer core judge every value: each grid combination, each range's ends."""
+        fixed = {k: v for k, v in axes.items() if not isinstance(v, Distribution)}
+        names = sorted(fixed)
+        probes = [dict(zip(names, c)) for c in itertools.product(*(fixed[n] for n in names))]
+        for opt, dist in axes.items():
+            if isinstance(dist, Distribution):
+                probes = [{**p, opt: a} for p in probes[:1] for a in dist.args]
+        for probe in probes:
+            try:
+                sqn_ray.validate_options(method, **probe, seed=0)
+            except (ValueError, TypeError) as e:
+                bad = [k for k in probe if f"'{k}'" in str(e) or k in str(e)]
+                where = f"methods.{method}" + (f".{bad[0]}" if len(bad) == 1 else "")
+                self.fail(where, f"{e} (values {probe})")

@@ -1,0 +1,331 @@
+"""The Ray Tune trainable: one trial = one ``sqn_ray.minimize`` run of one (problem, method, options, seed).
+
+:class:`StudyTrainable` is a class trainable so that Tune can reuse its actor across trials
+(``reuse_actors=True`` + :meth:`~StudyTrainable.reset_config`): a fresh actor costs seconds of Python and torch
+import, a reused one nothing. The optimizer runs in a worker thread of the actor; ``step()`` hands Tune one
+chunk of iteration records about every ``report_interval`` seconds (the rows travel to the driver inside the
+result and are taken out there before Tune stores it). With an early-stopping scheduler the thread pauses at
+each chunk boundary until Tune asks for the next one, so a stopped trial does not run on.
+
+Inside a trial:
+
+* the device is ``cuda:0`` when Ray assigned the trial a GPU (Ray sets CUDA_VISIBLE_DEVICES to it) and torch
+  sees CUDA, otherwise the CPU (``device: cuda`` in the study makes a missing GPU an error instead);
+* torch uses as many threads as the trial has CPUs (toy trials: one);
+* the budget (iterations, gradient-equivalents, wall time) and the stop rule (target accuracy or loss) are
+  applied through ``minimize``'s callback;
+* whatever the run raises becomes a trial with status ``failed`` and the error text; a non-finite loss gives
+  ``diverged``; the study goes on.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+from typing import Any
+
+import ray
+from ray import tune
+
+__all__ = ["StudyTrainable", "cell_from_config", "trial_dirname"]
+
+_END = object()
+
+
+def _plain(v):
+    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict, str)):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):
+            return str(v)
+    return v
+
+
+def cell_from_config(config: dict) -> dict[str, Any]:
+    """The trial's (problem, method, seed, options) from a Tune config of any search algorithm.
+
+    Grid and random search configs are ``{"cell": {...}, "draw": {method: {option: value}}}``; an Optuna
+    config is flat: ``{"problem", "method", "seed", "<method>.<option>": value}``.
+    """
+    if "cell" in config:
+        cell = config["cell"]
+        options = {k: _plain(v) for k, v in cell["options"].items()}
+        options.update({k: _plain(v) for k, v in (config.get("draw") or {}).get(cell["method"], {}).items()})
+        return {"problem": cell["problem"], "method": cell["method"], "seed": int(cell["seed"]),
+                "options": options}
+    method = config["method"]
+    prefix = method + "."
+    options = {k[len(prefix):]: _plain(v) for k, v in config.items() if k.startswith(prefix)}
+    return {"problem": config["problem"], "method": method, "seed": int(config["seed"]), "options": options}
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Tune's default puts the whole config, '=' included, into them)."""
+    return trial.trial_id
+
+
+class _Stop(Exception):
+    pass
+
+
+class StudyTrainable(tune.Trainable):
+    """See the module docstring. ``settings`` is the study's run settings (a small dict), ``recorded`` the
+    finished trials of an interrupted run (trial id -> cell key and summary), which replay instantly,
+    ``problems`` CPU problems built on the driver (name -> Problem)."""
+
+    def setup(self, config, settings=None, recorded=None, problems=None):
+        self._settings = settings
+        self._recorded = recorded or {}
+        # problems built once on the driver and shipped through the object store (CPU trials); others are
+        # built here, once per actor
+        self._problems: dict[tuple, Any] = {(name, settings["dtype"], "cpu"): p for name, p in (problems or {}).items()}
+        self._thread: threading.Thread | None = None
+        self._begin(config)
+
+    def reset_config(self, new_config):
+        self._end()
+        self._begin(new_config)
+        return True
+
+    def cleanup(self):
+        self._end()
+
+    # -- one trial ------------------------------------------------------------------------------------
+    def _begin(self, config):
+        from .results import cell_key
+
+        self._cell = cell_from_config(config)
+        self._queue: queue.Queue = queue.Queue()  # lists of records (one per report), then _END
+        self._buf: list[dict] = []
+        self._halt = threading.Event()
+        self._permit = threading.Semaphore(0)
+        self._lockstep = bool(self._settings.get("lockstep"))
+        self._deadline = math.inf
+        self._sent_info = False
+        self._best_loss = math.inf
+        self._best_acc = -math.inf
+        self._last: dict[str, Any] = {}
+        self._info = None
+        rec = self._recorded.get(self.trial_id)
+        if rec and rec["cell_key"] == cell_key(self._cell) and rec["summary"].get("stop_reason") != "worker_died":
+            self._replay = rec["summary"]
+            return
+        self._replay = None
+        self._thread = threading.Thread(target=self._run, name="sqn-ray-trial", daemon=True)
+        self._thread.start()
+
+    def _end(self):
+        self._halt.set()
+        self._permit.release()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def step(self):
+        if self._replay is not None:  # finished before the interruption: its rows are on the driver already
+            s = self._replay
+            metrics = {"loss": s.get("final_loss"), "best_loss": s.get("best_loss"),
+                       "accuracy": s.get("final_accuracy"), "best_accuracy": s.get("best_accuracy"),
+                       "grad_norm": s.get("final_grad_norm"), "iteration": s.get("iterations"),
+                       "grad_equivalents": s.get("grad_equivalents"), "epochs": s.get("epochs"),
+                       "wall_time": s.get("wall_time")}
+            return {**self._sanitize(metrics), "replayed": True, "done": True}
+        self._deadline = time.monotonic() + float(self._settings["report_interval"])
+        if self._lockstep:
+            self._permit.release()
+        rows: dict[str, list] = {}  # column chunk: the records since the last report
+        n, final = 0, None
+        item = self._queue.get()  # one list of records per chunk (the thread batches: no wake-up per iterate)
+        while True:
+            if item is _END:
+                final = self._final
+                break
+            for rec in item:
+                for k in rec.keys() - rows.keys():
+                    rows[k] = [None] * n
+                for k, col in rows.items():
+                    col.append(rec.get(k))
+                n += 1
+            try:  # also take whatever else is ready (the end of the run, or chunks the thread ran ahead with)
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        result = {**self._sanitize(dict(self._last)), "rows": rows}
+        if not self._sent_info and getattr(self, "_info", None):
+            result["trial_info"] = self._info
+            self._sent_info = True
+        if final is not None:
+            result["final"] = final
+            result["done"] = True
+        return result
+
+    def _sanitize(self, m: dict) -> dict:
+        """Tune-facing metrics must be numbers: non-finite -> ±inf on the bad side of the study's mode."""
+        out = {}
+        for k in ("loss", "best_loss", "accuracy", "best_accuracy", "grad_norm", "iteration",
+                  "grad_equivalents", "epochs", "wall_time"):
+            v = m.get(k)
+            if v is None or not math.isfinite(v):
+                worse = -math.inf if k in ("accuracy", "best_accuracy") else math.inf
+                v = worse if k in ("loss", "best_loss", "accuracy", "best_accuracy", "grad_norm") else 0.0
+            out[k] = v
+        return out
+
+    # -- the run, in the worker thread -----------------------------------------------------------------
+    def _device(self, gpu_ids) -> str:
+        import torch
+
+        want = self._settings["device"]
+        if want == "cpu":
+            return "cpu"
+        if gpu_ids and torch.cuda.is_available():
+            return "cuda:0"  # Ray set CUDA_VISIBLE_DEVICES to the assigned GPU(s): the first visible one is ours
+        if want == "cuda":
+            raise RuntimeError(f"device: cuda, but the trial was given GPU ids {gpu_ids} "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) and torch "
+                               f"sees {torch.cuda.device_count()} CUDA device(s)")
+        return "cpu"
+
+    def _problem(self, name: str, dtype, device: str):
+        from sqn_ray.problems import get_problem
+
+        key = (name, str(dtype).removeprefix("torch."), device)
+        if key not in self._problems:
+            self._problems[key] = get_problem(name, dtype=dtype, device=device)
+        return self._problems[key]
+
+    def _emit_chunk(self) -> None:
+        if self._buf:
+            self._queue.put(self._buf)
+            self._buf = []
+
+    def _run(self):
+        import torch
+
+        import sqn_ray
+
+        s = self._settings
+        cell = self._cell
+        started = time.time()
+        t_start = time.perf_counter()
+        budget, stop = s["budget"], s["stop"]
+        final: dict[str, Any] = {"status": None, "stop_reason": None, "error": None}
+        try:
+            threads = max(1, int(s["cpus"]))
+            torch.set_num_threads(threads)
+            gpu_ids = ray.get_gpu_ids()
+            self._info = {
+                "node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(), "pid": os.getpid(), "device": None,
+                "gpu_ids": ",".join(str(g) for g in gpu_ids),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": threads,
+                "started_at": started,
+            }
+            device = self._info["device"] = self._device(gpu_ids)
+            dtype = getattr(torch, s["dtype"])
+            problem = self._problem(cell["problem"], dtype, device)
+            target = stop.get("accuracy")
+            if target == "target":
+                target = problem.target_accuracy  # None for problems without one: no stop rule then
+            self._info["problem_target_accuracy"] = problem.target_accuracy
+            w0 = problem.init(cell["seed"])
+            every = int(s["accuracy_every"])
+            overhead = 0.0  # seconds spent in this callback: not the optimizer's time
+            streamed = set()
+            reason = {}
+
+            def callback(x=None, record=None, **_):
+                nonlocal overhead
+                t0 = time.perf_counter()
+                row = dict(record)  # plain numbers; minimize keeps its own record for its history
+                it = int(row["iteration"])
+                row["wall_time"] = float(row["wall_time"]) - overhead
+                acc = float(problem.accuracy(x)) if it % every == 0 else math.nan
+                row["accuracy"] = acc
+                self._track(row)
+                streamed.add(it)
+                self._buf.append(row)
+                halt = None
+                if target is not None and acc >= target:
+                    halt = "target"
+                elif stop.get("loss") is not None and row["loss"] <= stop["loss"]:
+                    halt = "target_loss"
+                elif budget.get("grad_equivalents") is not None and row["grad_equivalents"] >= budget["grad_equivalents"]:
+                    halt = "grad_equivalents"
+                elif budget.get("wall_time") is not None and row["wall_time"] >= budget["wall_time"]:
+                    halt = "wall_time"
+                if halt is None and time.monotonic() >= self._deadline:
+                    self._emit_chunk()
+                    if self._lockstep:
+                        while not self._permit.acquire(timeout=0.2):
+                            if self._halt.is_set():
+                                break
+                    else:
+                        self._deadline = time.monotonic() + float(s["report_interval"])
+                if halt is None and self._halt.is_set():
+                    halt = "stopped"
+                overhead += time.perf_counter() - t0
+                if halt:
+                    reason["why"] = halt
+                    return True
+                return False
+
+            if self._lockstep:  # wait for Tune's first step() before computing anything
+                while not self._permit.acquire(timeout=0.2):
+                    if self._halt.is_set():
+                        raise _Stop
+            result = sqn_ray.minimize(problem.oracle, w0, cell["method"], max_iters=int(budget["iterations"]),
+                                      callback=callback, seed=cell["seed"], **cell["options"])
+            # iterates the callback never saw (a diverged step is recorded but not called back)
+            hist = result.history
+            for rec in hist.to_dict("records"):
+                it = int(rec["iteration"])
+                if it not in streamed:
+                    row = {k: _plain(v) for k, v in rec.items()}
+                    row["wall_time"] = float(row["wall_time"]) - overhead
+                    row["accuracy"] = math.nan
+                    self._track(row)
+                    self._buf.append(row)
+            final["optimizer_status"], final["message"] = result.status, result.message
+            if result.status == "diverged":
+                final.update(status="diverged", stop_reason="diverged")
+            else:
+                last = hist.iloc[-1] if len(hist) else None
+                if last is not None and int(last["iteration"]) % every != 0 and torch.isfinite(result.x).all():
+                    acc = float(problem.accuracy(result.x))
+                    final["patch_last"] = {"accuracy": acc}
+                    self._track({"accuracy": acc})
+                why = reason.get("why") or {"max_iters": "iterations", "converged": "converged",
+                                            "stalled": "stalled"}.get(result.status, result.status)
+                solved = why in ("target", "target_loss") or (target is not None and self._best_acc >= target)
+                final.update(status="solved" if solved else "budget", stop_reason=why)
+        except _Stop:
+            final.update(status="budget", stop_reason="stopped")
+        except Exception as e:  # noqa: BLE001 - any error of a trial is recorded, the study goes on
+            tb = traceback.format_exception(type(e), e, e.__traceback__)
+            final.update(status="failed", stop_reason="error",
+                         error=(f"{type(e).__name__}: {e}\n" + "".join(tb[-6:]))[-4000:])
+        final["trial_time"] = time.perf_counter() - t_start
+        final["finished_at"] = time.time()
+        final["info"] = getattr(self, "_info", None)
+        self._final = final
+        self._emit_chunk()
+        self._queue.put(_END)
+
+    def _track(self, row: dict) -> None:
+        loss, acc = row.get("loss"), row.get("accuracy")
+        if loss is not None and math.isfinite(loss):
+            self._best_loss = min(self._best_loss, loss)
+        if acc is not None and math.isfinite(acc):
+            self._best_acc = max(self._best_acc, acc)
+            self._last["accuracy"] = acc
+        for k in ("loss", "grad_norm", "iteration", "grad_equivalents", "epochs", "wall_time"):
+            if k in row and row[k] is not None:
+                self._last[k] = row[k]
+        self._last["best_loss"] = self._best_loss
+        self._last["best_accuracy"] = self._best_acc
+

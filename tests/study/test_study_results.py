@@ -1,0 +1,134 @@
+"""The Parquet contract: columns, summaries, atomic writes, metadata, resume bookkeeping (no Ray needed)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from sqn_ray.study import results as R
+from sqn_ray.study.results import ResultStore, read_metadata
+from sqn_ray.study.spec import parse_study
+
+ITERATION_CONTRACT = ["study", "trial_id", "problem", "method", "memory", "radius", "sampling", "seed", "iteration",
+                      "loss", "accuracy", "grad_norm", "n_fun", "n_grad", "n_hvp", "grad_equivalents", "epochs",
+                      "wall_time", "step_size", "trust_radius", "accepted", "pairs_kept", "s_norm"]
+TRIAL_CONTRACT = ["study", "trial_id", "problem", "method", "memory", "radius", "sampling", "seed", "status",
+                  "error", "final_loss", "best_loss", "final_accuracy", "best_accuracy", "iters_to_target",
+                  "grad_equivalents_to_target", "wall_time", "node_id", "device"]
+
+
+@pytest.fixture
+def study():
+    return parse_study({"name": "unit", "problems": ["toy-small"], "methods": {"s-lsr1": {"memory": [2, 4]},
+                        "gd": {"lr": 0.5}}, "seeds": 2, "stop": {"accuracy": "target"}}, source="unit.yaml",
+                       text="name: unit\n")
+
+
+def cell(method="s-lsr1", seed=0, **options):
+    return {"problem": "toy-small", "method": method, "seed": seed, "options": options}
+
+
+def rows(n, acc_hit=None, start=0):
+    its = list(range(start, start + n))
+    return {"iteration": its, "loss": [1.0 / (i + 1) for i in its], "grad_norm": [0.1] * n,
+            "accuracy": [1.0 if acc_hit is not None and i >= acc_hit else 0.5 for i in its],
+            "n_fun": its, "n_grad": its, "n_hvp": [2 * i for i in its], "grad_equivalents": [3.0 * i for i in its],
+            "epochs": [3.0 * i for i in its], "wall_time": [0.01 * i for i in its], "accepted": [True] * n,
+            "step_size": [math.nan] * n, "trust_radius": [1.0] * n, "pairs_kept": [2] * n, "s_norm": [0.5] * n}
+
+
+INFO = {"node_id": "n1", "device": "cpu", "threads": 1, "problem_target_accuracy": 1.0}
+
+
+def test_columns_summaries_and_metadata(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.start("t1", cell(memory=2))
+    store.add_rows("t1", cell(memory=2), rows(4), INFO)
+    store.add_rows("t1", cell(memory=2), rows(3, acc_hit=5, start=4), None)
+    store.finish("t1", cell(memory=2), {"status": "solved", "stop_reason": "target"})
+    store.start("t2", cell("gd", lr=0.5))
+    store.add_rows("t2", cell("gd", lr=0.5), rows(2), INFO)  # still running
+    store.flush(force=True)
+
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    tr = pq.read_table(tmp_path / "trials.parquet").to_pandas().set_index("trial_id")
+    assert set(ITERATION_CONTRACT) <= set(it.columns) and "lr" in it.columns
+    assert set(TRIAL_CONTRACT) <= set(tr.reset_index().columns)
+    assert len(it) == 9 and not it.duplicated(["trial_id", "iteration"]).any()
+    t1 = tr.loc["t1"]
+    assert (t1.status, t1.iters_to_target, t1.grad_equivalents_to_target, t1.iterations) == ("solved", 5, 15.0, 6)
+    assert t1.best_loss == pytest.approx(1 / 7) and t1.final_accuracy == 1.0 and t1.memory == 2
+    assert math.isnan(t1.lr) and t1.radius == 1.0  # lr does not apply to s-lsr1; radius is its default
+    assert tr.loc["t2"].status == "running" and tr.loc["t2"].lr == 0.5 and math.isnan(tr.loc["t2"].radius)
+    meta = read_metadata(tmp_path / "iterations.parquet")
+    assert meta["sqn_ray.study"]["name"] == "unit" and meta["sqn_ray.study_yaml"] == "name: unit\n"
+    assert {"torch", "ray", "python"} <= set(meta["sqn_ray.versions"]) and meta["sqn_ray.git_revision"]
+    assert read_metadata(tmp_path / "trials.parquet")["sqn_ray.fingerprint"] == study.fingerprint
+
+
+def test_parts_reload_and_only_known_trials_are_written(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    for tid, c in (("a", cell(memory=2)), ("b", cell(memory=4))):
+        store.add_rows(tid, c, rows(3), INFO)
+        store.finish(tid, c, {"status": "budget", "stop_reason": "iterations"})
+    again = ResultStore(tmp_path, study)  # a resumed driver
+    recorded = again.load_parts()
+    assert set(recorded) == {"a", "b"} and recorded["a"]["summary"]["status"] == "budget"
+    assert recorded["a"]["cell_key"] == R.cell_key(cell(memory=2))
+    again.set_known(["a"])  # Tune forgot b (created after its last snapshot): b is not written
+    again.flush(force=True)
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    assert set(it.trial_id) == {"a"} and len(it) == 3
+
+
+def test_a_rerun_trial_replaces_its_rows(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.add_rows("a", cell(memory=2), rows(3), INFO)
+    store.finish("a", cell(memory=2), {"status": "budget"})
+    store.add_rows("a", cell(memory=2), rows(2), INFO)  # recomputed from iteration 0
+    store.finish("a", cell(memory=2), {"status": "budget"})
+    store.restart("b", cell(memory=4))
+    store.add_rows("b", cell(memory=4), rows(5), INFO)
+    store.restart("b", cell(memory=4))  # retried after a worker died: starts over
+    store.add_rows("b", cell(memory=4), rows(2), INFO)
+    store.flush(force=True)
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    assert it.groupby("trial_id").size().to_dict() == {"a": 2, "b": 2}
+    assert not it.duplicated(["trial_id", "iteration"]).any()
+
+
+def test_writes_are_atomic(tmp_path, study, monkeypatch):
+    store = ResultStore(tmp_path, study)
+    store.add_rows("a", cell(memory=2), rows(3), INFO)
+    store.flush(force=True)
+    before = (tmp_path / "iterations.parquet").read_bytes()
+
+    def crash(table, where, **kw):
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(R.pq, "write_table", crash)
+    store.add_rows("a", cell(memory=2), rows(2, start=3), None)
+    with pytest.raises(OSError):
+        store.flush(force=True)
+    assert (tmp_path / "iterations.parquet").read_bytes() == before  # readers still see the whole old file
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_and_diverged_keep_status_and_error(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.add_rows("f", cell(memory=2), None, INFO)
+    store.finish("f", cell(memory=2), {"status": "failed", "stop_reason": "error", "error": "RuntimeError: boom"})
+    r = rows(3)
+    r["loss"][-1] = math.nan
+    store.add_rows("d", cell(memory=4), r, INFO)
+    store.finish("d", cell(memory=4), {"status": "diverged", "stop_reason": "diverged"})
+    store.flush(force=True)
+    tr = pq.read_table(tmp_path / "trials.parquet").to_pandas().set_index("trial_id")
+    assert tr.loc["f"].status == "failed" and "boom" in tr.loc["f"].error
+    assert tr.loc["d"].status == "diverged" and tr.loc["d"].best_loss == 0.5
+    meta = json.loads(pq.read_schema(tmp_path / ".parts" / "f.parquet").metadata[b"sqn_ray.trial"])
+    assert meta["summary"]["error"] == "RuntimeError: boom"

@@ -1,0 +1,138 @@
+"""The trial logic of StudyTrainable (budgets, stop rules, divergence, failures, chunked reporting, pausing,
+replay), driven directly: step() until done, without Tune around it. Needs a Ray connection only for the
+node and GPU queries the trial makes (the session cluster; the driver has no GPU ids)."""
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from sqn_ray.problems import get_problem
+from sqn_ray.study.results import cell_key
+from sqn_ray.study.trainable import StudyTrainable, cell_from_config
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def settings(**over):
+    base = {"budget": {"iterations": 1000, "grad_equivalents": None, "wall_time": None},
+            "stop": {"accuracy": None, "loss": None}, "dtype": "float64", "device": "auto", "accuracy_every": 1,
+            "report_interval": 0.0, "lockstep": False, "cpus": 1}
+    for k, v in over.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) else v
+    return base
+
+
+def config(method="gd", problem="toy-small", seed=0, **options):
+    return {"cell": {"problem": problem, "method": method, "seed": seed, "options": options}}
+
+
+def trainable(cfg, s, recorded=None):
+    t = object.__new__(StudyTrainable)  # the Tune machinery (logdirs, storage) is not under test here
+    t._trial_info = None
+    t.setup(cfg, settings=s, recorded=recorded,
+            problems={"toy-small": get_problem("toy-small", dtype=getattr(torch, s["dtype"]))})
+    return t
+
+
+def run(cfg, s, recorded=None):
+    t = trainable(cfg, s, recorded)
+    results = []
+    while not results or not results[-1].get("done"):
+        results.append(t.step())
+        assert len(results) < 100_000
+    t.cleanup()
+    rows = {}
+    for r in results:
+        for k, v in r.get("rows", {}).items():
+            rows.setdefault(k, []).extend(v)
+    return results, rows, results[-1].get("final")
+
+
+def test_gradient_equivalents_budget():
+    _, rows, final = run(config(lr=0.1), settings(budget={"grad_equivalents": 30}))
+    assert (final["status"], final["stop_reason"]) == ("budget", "grad_equivalents")
+    assert rows["grad_equivalents"][-1] >= 30 > rows["grad_equivalents"][-2]
+    assert rows["iteration"] == list(range(len(rows["iteration"])))
+
+
+def test_wall_time_budget():
+    _, rows, final = run(config(lr=0.1), settings(budget={"iterations": 10**6, "wall_time": 0.3}))
+    assert final["stop_reason"] == "wall_time" and 0.3 <= rows["wall_time"][-1] < 2.0
+    assert final["trial_time"] >= rows["wall_time"][-1]  # the optimizer's time excludes the platform's
+
+
+def test_stop_rule_target_accuracy():
+    _, rows, final = run(config("s-lsr1"), settings(stop={"accuracy": "target"}))
+    assert (final["status"], final["stop_reason"]) == ("solved", "target")
+    assert rows["accuracy"][-1] == 1.0 and max(rows["accuracy"][:-1]) < 1.0
+    assert final["info"]["problem_target_accuracy"] == 1.0 and final["info"]["threads"] == 1
+
+
+def test_stop_rule_loss():
+    _, rows, final = run(config("s-lsr1"), settings(stop={"loss": 0.5}))
+    assert (final["status"], final["stop_reason"]) == ("solved", "target_loss")
+    assert rows["loss"][-1] <= 0.5 < min(rows["loss"][:-1])
+
+
+def test_divergence_is_a_status_and_its_row_is_kept():
+    cfg = config(problem="logistic", lr=1e300)
+    t = object.__new__(StudyTrainable)
+    t._trial_info = None
+    t.setup(cfg, settings=settings(), recorded=None, problems={})  # built in the trial this time
+    results = []
+    while not results or not results[-1].get("done"):
+        results.append(t.step())
+    t.cleanup()
+    final = results[-1]["final"]
+    rows = [x for r in results for x in r["rows"].get("loss", [])]
+    assert (final["status"], final["optimizer_status"]) == ("diverged", "diverged")
+    assert not math.isfinite(rows[-1]) and results[-1]["loss"] == math.inf  # Tune sees a number
+
+
+def test_an_error_is_a_failed_trial_with_its_text():
+    _, rows, final = run(config(problem="no-such-problem"), settings())
+    assert final["status"] == "failed" and "no-such-problem" in final["error"] and not rows
+
+
+def test_accuracy_every_and_the_last_row():
+    results, rows, final = run(config(lr=0.1), settings(budget={"iterations": 10}, accuracy_every=4))
+    acc = rows["accuracy"]
+    assert [i for i, a in enumerate(acc) if not math.isnan(a)] == [0, 4, 8]
+    assert final["patch_last"]["accuracy"] == pytest.approx(0.5, abs=0.5)  # the end point is always measured
+
+
+def test_chunks_pause_and_stop_promptly():
+    """With a scheduler (lockstep) the optimizer waits between reports; stopping the trial ends it at once."""
+    t = trainable(config(lr=0.1), settings(lockstep=True, budget={"iterations": 10**6}))
+    first = [t.step() for _ in range(3)]
+    assert [r["rows"]["iteration"] for r in first] == [[0], [1], [2]]
+    thread = t._thread
+    t.reset_config(config(lr=0.2, seed=1))  # Tune stops the trial and reuses the actor for the next one
+    assert not thread.is_alive() and t._queue.qsize() == 0
+    assert t.step()["rows"]["iteration"] == [0]
+    t.cleanup()
+    assert threading.active_count() < 50
+
+
+def test_a_recorded_trial_replays_without_computing():
+    cfg = config(lr=0.1)
+    summary = {"final_loss": 0.5, "best_loss": 0.4, "final_accuracy": 0.5, "best_accuracy": 0.6,
+               "iterations": 7, "grad_equivalents": 7.0, "status": "budget", "stop_reason": "iterations"}
+    rec = {"default": {"cell_key": cell_key(cell_from_config(cfg)), "summary": summary}}
+    results, rows, final = run(cfg, settings(), recorded=rec)
+    assert len(results) == 1 and results[0]["replayed"] and results[0]["best_loss"] == 0.4 and not rows
+    other = {"default": {"cell_key": "something else", "summary": summary}}
+    results, rows, final = run(cfg, settings(budget={"iterations": 3}), recorded=other)
+    assert final["status"] == "budget" and rows["iteration"] == [0, 1, 2, 3]
+
+
+def test_config_of_every_search_algorithm():
+    grid = {"cell": {"problem": "toy-small", "method": "s-lsr1", "seed": 2, "options": {"memory": 4}},
+            "draw": {"s-lsr1": {"radius": 0.5}, "gd": {"lr": 0.1}}}
+    assert cell_from_config(grid) == {"problem": "toy-small", "method": "s-lsr1", "seed": 2,
+                                      "options": {"memory": 4, "radius": 0.5}}
+    optuna = {"problem": "toy-small", "method": "gd", "seed": 1, "gd.lr": 0.3, "s-lsr1.radius": 2.0}
+    assert cell_from_config(optuna)["options"] == {"lr": 0.3}
