@@ -6,6 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sqn-ray-installed
 
+STUDY  ?= studies/paper-toy.yaml
+OUT    ?= results/paper-toy
+SQN    := $(VENV)/bin/sqn-ray
+
 .PHONY: setup run test test-fast check bench clean
 
 $(STAMP): pyproject.toml
@@ -16,6 +20,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+run: setup                        ## the main job: the default study on embedded Ray -> Parquet -> report
+	$(SQN) study run $(STUDY) --out $(OUT) --resume
+	$(SQN) eigen --out $(OUT)/eigen.parquet
+	$(SQN) report $(OUT)
 
 test: setup                       ## the whole suite, slow end-to-end tests included
 	$(PY) -m pytest -q
@@ -29,6 +38,7 @@ check: setup                      ## the outside contract checks, run as a user 
 bench: setup                      ## benchmark ratios (see bench/README.md)
 	$(PY) bench/bench_oracle.py --quick
 	$(PY) bench/bench_iteration.py --quick
+	$(PY) bench/bench_study.py
 
 clean:
 	rm -rf $(VENV) results

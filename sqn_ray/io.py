@@ -9,40 +9,47 @@ from pathlib import Path
 import pandas as pd
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write ``frame`` to ``path`` atomically; ``metadata`` values are stored JSON-encoded in the schema."""
-    import pyarrow as pa
+def write_table_atomic(table, path: str | os.PathLike, *, compression: str = "zstd") -> Path:
+    """Write a pyarrow Table so that readers see either the old file or the new one, never half of one."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    if metadata:
-        extra = {k.encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()}
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        pq.write_table(table, tmp, compression=compression)
+        os.replace(tmp, path)  # atomic on POSIX
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def read_parquet_metadata(path: str | os.PathLike) -> dict:
-    """The schema metadata of a Parquet file (pandas' own entry left out): JSON values decoded, any other
-    value (a YAML text, a git revision) returned as a string."""
+def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``frame`` to ``path`` atomically; ``metadata`` values are stored JSON-encoded in the schema."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata:
+        extra = {k.encode(): json.dumps(v, default=str).encode() for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    return write_table_atomic(table, path)
+
+
+def read_parquet_metadata(path: str | os.PathLike, prefix: str | None = None) -> dict:
+    """The schema metadata of a Parquet file (pandas' own entry left out; only keys starting with ``prefix``
+    when given): JSON values decoded, any other value (a YAML text, a git revision) returned as a string."""
     import pyarrow.parquet as pq
 
     out = {}
     for k, v in (pq.read_schema(path).metadata or {}).items():
-        if k == b"pandas":
+        key = k.decode()
+        if key == "pandas" or (prefix is not None and not key.startswith(prefix)):
             continue
         text = v.decode("utf-8", errors="replace")
         try:
-            out[k.decode()] = json.loads(text)
+            out[key] = json.loads(text)
         except ValueError:
-            out[k.decode()] = text
+            out[key] = text
     return out

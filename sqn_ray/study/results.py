@@ -40,6 +40,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..io import read_parquet_metadata, write_table_atomic
+
 __all__ = ["ResultStore", "read_metadata", "write_table_atomic", "study_metadata", "ID_COLUMNS",
            "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES"]
 
@@ -69,32 +71,9 @@ _log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ file helpers
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` so that readers see either the old or the new file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``sqn_ray.*`` metadata of a results file, JSON values decoded."""
-    meta = pq.read_schema(path).metadata or {}
-    out = {}
-    for k, v in meta.items():
-        k = k.decode()
-        if not k.startswith("sqn_ray."):
-            continue
-        v = v.decode()
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    return read_parquet_metadata(path, prefix="sqn_ray.")
 
 
 def _git_revision() -> str:
