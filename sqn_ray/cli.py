@@ -5,6 +5,9 @@
     sqn-ray problems           # the problem library
     sqn-ray study run FILE     # a declarative study on Ray Tune (see studies/)
     sqn-ray report DIR         # an HTML report from a study's Parquet
+    sqn-ray eigen              # eigenvalue spectra along an S-LSR1 trajectory (figure 5's data)
+    sqn-ray data fetch mnist   # MNIST into the local cache (checksummed; studies never download)
+    sqn-ray scaling FILE       # throughput and worker-scaling measurements (studies/scaling.yaml)
 
 ``run`` prints a live per-iteration table, stops at the problem's target training accuracy (100 % on the toy
 networks) or the iteration budget, and writes the history to Parquet (atomically) with the run's settings
@@ -59,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list methods and their options")
     sub.add_parser("problems", help="list problems")
+    from .data.cli import add_data_commands
+    from .scaling import add_scaling_command
+
+    add_data_commands(sub)
+    add_scaling_command(sub)
     try:
         from .study.cli import add_study_commands
     except ImportError:  # the study layer is optional for the core library
@@ -163,9 +171,15 @@ def cmd_methods(args) -> int:
 def cmd_problems(args) -> int:
     from .problems import PROBLEMS, get_problem
 
+    from .data import DataNotFetchedError
+
     for name in PROBLEMS:
-        p = get_problem(name)
-        print(f"{name:12s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
+        try:
+            p = get_problem(name)
+        except DataNotFetchedError:
+            print(f"{name:16s} (data not fetched: run `sqn-ray data fetch mnist`)")
+            continue
+        print(f"{name:16s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
     return 0
 
 

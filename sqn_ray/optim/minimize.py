@@ -45,7 +45,8 @@ def as_objective(fun, w0: torch.Tensor, *, hvp_backend: str = "auto", grads_back
     if isinstance(fun, Objective):
         return Objective(fun.oracle, batch_fraction=fun.batch_fraction)
     if hasattr(fun, "loss_and_grad") and hasattr(fun, "hvps"):
-        return Objective(fun)
+        # a sub-sampling oracle says which share of the data one call touches (the epochs axis)
+        return Objective(fun, batch_fraction=getattr(fun, "batch_fraction", 1.0))
     if callable(fun):
         return Objective(AutogradOracle(fun, w0.numel(), w0.dtype, w0.device,
                                         hvp_backend=hvp_backend, grads_backend=grads_backend))

@@ -27,7 +27,9 @@ from .logistic import DEFAULT_LAMBDA, LogisticOracle, logistic_fun, logistic_ora
 from .mlp import ACTIVATIONS, MLPOracle, layer_shapes, mlp_logits, mlp_loss, param_count
 from .toy import TOY_SIZES, toy_data, toy_fun, toy_oracle
 
-PROBLEMS = ("toy-small", "toy-medium", "toy-large", "logistic")
+# MNIST problems need the data cache (`sqn-ray data fetch mnist`); "-b<N>" sub-samples N points per batch.
+MNIST_PROBLEMS = ("mnist-mlp", "mnist-cnn", "mnist-mlp-b1000", "mnist-cnn-b1000")
+PROBLEMS = ("toy-small", "toy-medium", "toy-large", "logistic", *MNIST_PROBLEMS)
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -99,11 +101,15 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
     device = torch.device(device)
+    if name in MNIST_PROBLEMS:
+        from .mnist import make_mnist_problem  # imported here: mnist.py builds on this module's Problem
+
+        return make_mnist_problem(name, dtype=dtype, device=device)
     if name == "logistic":
         return _logistic_problem(dtype, device)
     return _toy_problem(name, name.removeprefix("toy-"), dtype, device)
 
 
-__all__ = ["PROBLEMS", "Problem", "get_problem", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
+__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "Problem", "get_problem", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

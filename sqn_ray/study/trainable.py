@@ -234,6 +234,7 @@ class StudyTrainable(tune.Trainable):
             self._info["problem_target_accuracy"] = problem.target_accuracy
             w0 = problem.init(cell["seed"])
             every = int(s["accuracy_every"])
+            metrics = getattr(problem, "metrics", None)
             overhead = 0.0  # seconds spent in this callback: not the optimizer's time
             streamed = set()
             reason = {}
@@ -246,6 +247,8 @@ class StudyTrainable(tune.Trainable):
                 row["wall_time"] = float(row["wall_time"]) - overhead
                 acc = float(problem.accuracy(x)) if it % every == 0 else math.nan
                 row["accuracy"] = acc
+                if metrics is not None and it % every == 0:
+                    row.update(metrics(x))  # held-out metrics (test_loss, test_accuracy) of real-data problems
                 self._track(row)
                 streamed.add(it)
                 self._buf.append(row)

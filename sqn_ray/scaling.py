@@ -1,0 +1,543 @@
+"""``sqn-ray scaling FILE``: the poster's distributed-computing measurements, as tidy Parquet (and figures).
+
+Two experiments, declared in a small YAML file (``studies/scaling.yaml``):
+
+1. **Throughput** (one device, one process): samples per second against batch size b for ``loss``,
+   ``gradient`` (loss and gradient), ``hvp-batch`` (m Hessian-vector products at a point whose gradient is
+   known: the sampled methods' pattern) and ``grad-batch`` (Option I: gradients at m points). Each timing is the
+   median of ``repeats`` calls at fresh points after one warm-up call. Writes ``DIR/throughput.parquet``.
+2. **Workers** (data parallel over k Ray actors, :class:`~sqn_ray.distributed.DataParallelOracle`): for each k,
+   the time of one S-LSR1 iteration (Option II, memory m; the median over ``iterations`` timed iterations of a
+   real run) and of one epoch of mini-batch SG (batch ``sg_batch_size`` split over the k workers; ``sg_steps``
+   timed steps extrapolated to a full epoch when set). Every row carries the communication (values sent down
+   and up, round trips) and the split of the wall time into the slowest worker's compute and the rest
+   (communication and scheduling). Writes ``DIR/workers.parquet``.
+
+File format::
+
+    name: scaling
+    description: ...
+    problems: [mnist-mlp, mnist-cnn]   # mnist-mlp, mnist-cnn (cached data), synthetic-mlp (random data, no download)
+    n_train: null                # use only the first rows of the training set (null: all)
+    dtype: float32
+    device: cpu                  # throughput device: cpu, cuda or auto
+    throughput: {batch_sizes: [64, 256, 1024], operations: [loss, gradient, hvp-batch], memory: 16,
+                 repeats: 5, threads: 1}
+    workers: {problems: [mnist-mlp], counts: [1, 2], memory: 16, iterations: 3, sg_batch_size: 128,
+              sg_steps: 200, cpus_per_worker: 1, gpus_per_worker: 0, seed: 0}   # problems: default all
+    smoke: {...}                 # overrides applied by --smoke
+
+Either experiment may be left out. Nothing here downloads: MNIST must be in the cache (``sqn-ray data fetch``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import socket
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = ["ScalingSpec", "load_scaling_spec", "parse_scaling_spec", "run_scaling", "measure_throughput",
+           "measure_workers", "add_scaling_command", "SyntheticShards", "OPERATIONS", "plot_scaling"]
+
+OPERATIONS = ("loss", "gradient", "hvp-batch", "grad-batch")
+PROBLEMS = ("mnist-mlp", "mnist-cnn", "synthetic-mlp")
+TOP_KEYS = ("name", "description", "problems", "problem", "n_train", "dtype", "device", "throughput", "workers", "smoke",
+            "data_dir")
+THROUGHPUT_KEYS = ("batch_sizes", "operations", "memory", "repeats", "threads", "chunk_size")
+WORKERS_KEYS = ("problems", "counts", "memory", "iterations", "sg_batch_size", "sg_steps", "sg_lr", "cpus_per_worker",
+                "gpus_per_worker", "threads_per_worker", "seed", "chunk_size")
+THROUGHPUT_DEFAULTS = {"batch_sizes": [64, 256, 1024, 4096], "operations": list(OPERATIONS[:3]), "memory": 16,
+                       "repeats": 5, "threads": 1, "chunk_size": None}
+WORKERS_DEFAULTS = {"problems": None, "counts": [1, 2], "memory": 16, "iterations": 3, "sg_batch_size": 128, "sg_steps": None,
+                    "sg_lr": 0.1, "cpus_per_worker": 1, "gpus_per_worker": 0, "threads_per_worker": None, "seed": 0,
+                    "chunk_size": 10_000}
+SYNTHETIC_N = 10_000
+
+
+class ScalingSpecError(ValueError):
+    """A scaling file is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    name: str
+    description: str
+    problems: tuple
+    problem: str  # the one being measured (the first of ``problems`` until run_scaling walks them)
+    n_train: int | None
+    dtype: str
+    device: str
+    data_dir: str | None
+    throughput: dict | None
+    workers: dict | None
+    source: str
+    smoke: bool
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("name", "description", "problems", "n_train", "dtype", "device",
+                                              "data_dir", "throughput", "workers", "source", "smoke")}
+
+
+def load_scaling_spec(path: str | os.PathLike, *, smoke: bool = False) -> ScalingSpec:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ScalingSpecError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ScalingSpecError(f"{path}: not valid YAML: {e}") from None
+    return parse_scaling_spec(data, source=str(path), smoke=smoke)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = False) -> ScalingSpec:
+    def fail(path, msg):
+        raise ScalingSpecError(f"{source}: {path}: {msg}")
+
+    def keys(value, path, allowed):
+        if not isinstance(value, dict):
+            fail(path, f"expected a mapping, got {value!r}")
+        for k in value:
+            if k not in allowed:
+                fail(f"{path}.{k}" if path != "(top level)" else k, f"unknown key; allowed: {', '.join(allowed)}")
+        return value
+
+    def pos_int(v, path, none_ok=False):
+        if v is None and none_ok:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            fail(path, f"expected a positive integer, got {v!r}")
+        return v
+
+    def pos_num(v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+            fail(path, f"expected a number > 0, got {v!r}")
+        return v
+
+    def int_list(v, path):
+        if not isinstance(v, list) or not v:
+            fail(path, f"expected a non-empty list of positive integers, got {v!r}")
+        return [pos_int(x, f"{path}[{i}]") for i, x in enumerate(v)]
+
+    raw = keys(data if data is not None else {}, "(top level)", TOP_KEYS)
+    if smoke and raw.get("smoke") is not None:
+        raw = _merge({k: v for k, v in raw.items() if k != "smoke"}, keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
+    if "problem" in raw and "problems" in raw:
+        fail("problems", "give 'problems' (or its alias 'problem'), not both")
+    key = "problem" if "problem" in raw else "problems"
+    problems = raw.get(key, ["synthetic-mlp"])
+    problems = [problems] if isinstance(problems, str) else problems
+    if not isinstance(problems, list) or not problems:
+        fail(key, f"expected a problem name or a non-empty list of them, got {problems!r}")
+    for i, problem in enumerate(problems):
+        if problem not in PROBLEMS:
+            fail(f"{key}[{i}]", f"unknown value {problem!r}; allowed: {', '.join(PROBLEMS)}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        fail("dtype", f"unknown value {dtype!r}; allowed: float32, float64")
+    device = raw.get("device", "cpu")
+    if device not in ("cpu", "cuda", "auto"):
+        fail("device", f"unknown value {device!r}; allowed: cpu, cuda, auto")
+    tp = wk = None
+    if raw.get("throughput") is not None:
+        tp = _merge(THROUGHPUT_DEFAULTS, keys(raw["throughput"], "throughput", THROUGHPUT_KEYS))
+        tp["batch_sizes"] = int_list(tp["batch_sizes"], "throughput.batch_sizes")
+        ops = tp["operations"]
+        if not isinstance(ops, list) or not ops or any(o not in OPERATIONS for o in ops):
+            fail("throughput.operations", f"expected a list from {', '.join(OPERATIONS)}, got {ops!r}")
+        for k in ("memory", "repeats", "threads"):
+            pos_int(tp[k], f"throughput.{k}")
+        pos_int(tp["chunk_size"], "throughput.chunk_size", none_ok=True)
+    if raw.get("workers") is not None:
+        wk = _merge(WORKERS_DEFAULTS, keys(raw["workers"], "workers", WORKERS_KEYS))
+        wk["counts"] = int_list(wk["counts"], "workers.counts")
+        if wk["problems"] is not None:  # a subset of the top-level problems (full-batch CNN iterations are slow on CPUs)
+            sub = [wk["problems"]] if isinstance(wk["problems"], str) else wk["problems"]
+            if not isinstance(sub, list) or not sub or any(x not in problems for x in sub):
+                fail("workers.problems", f"expected a non-empty subset of {problems}, got {wk['problems']!r}")
+            wk["problems"] = list(sub)
+        for k in ("memory", "iterations", "sg_batch_size"):
+            pos_int(wk[k], f"workers.{k}")
+        pos_int(wk["sg_steps"], "workers.sg_steps", none_ok=True)
+        pos_int(wk["threads_per_worker"], "workers.threads_per_worker", none_ok=True)
+        pos_int(wk["chunk_size"], "workers.chunk_size", none_ok=True)
+        pos_num(wk["sg_lr"], "workers.sg_lr")
+        pos_num(wk["cpus_per_worker"], "workers.cpus_per_worker")
+        if isinstance(wk["gpus_per_worker"], bool) or not isinstance(wk["gpus_per_worker"], (int, float)) \
+                or wk["gpus_per_worker"] < 0:
+            fail("workers.gpus_per_worker", f"expected a number >= 0, got {wk['gpus_per_worker']!r}")
+        if isinstance(wk["seed"], bool) or not isinstance(wk["seed"], int) or wk["seed"] < 0:
+            fail("workers.seed", f"expected an integer >= 0, got {wk['seed']!r}")
+    if tp is None and wk is None:
+        fail("(top level)", "nothing to measure: give 'throughput', 'workers' or both")
+    return ScalingSpec(name=str(raw.get("name") or Path(source).stem), description=str(raw.get("description", "")),
+                       problems=tuple(problems), problem=problems[0], n_train=pos_int(raw.get("n_train"), "n_train", none_ok=True), dtype=dtype,
+                       device=device, data_dir=raw.get("data_dir"), throughput=tp, workers=wk, source=source,
+                       smoke=smoke)
+
+
+# ----------------------------------------------------------------------------------------- problems
+@dataclass
+class SyntheticShards:
+    """Shard builder of ``synthetic-mlp``: the MNIST MLP (784-100-10, tanh) on n Gaussian inputs with random
+    labels, generated from ``seed`` (every worker makes only its own rows; no download, no data shipped)."""
+
+    n: int = SYNTHETIC_N
+    dtype: str = "float32"
+    seed: int = 0
+    chunk_size: int | None = 10_000
+
+    def data(self, lo: int, hi: int):
+        gen = np.random.default_rng(self.seed)
+        X = gen.standard_normal((self.n, 784), dtype=np.float32)  # the same stream in every worker
+        y = gen.integers(0, 10, self.n)
+        return X[lo:hi], y[lo:hi]
+
+    def __call__(self, rank: int, world: int, device: str = "cpu"):
+        from .distributed import Shard, chunked_oracle, shard_bounds
+        from .problems.mlp import MLPOracle
+        from .problems.mnist import ACTIVATION, MLP_SIZES
+
+        lo, hi = shard_bounds(self.n, world, rank)
+        Xn, yn = self.data(lo, hi)
+        dtype = getattr(torch, self.dtype)
+        X = torch.from_numpy(Xn).to(dtype=dtype, device=device)
+        y = torch.from_numpy(yn).to(device)
+
+        def rows(a, b):
+            return MLPOracle(MLP_SIZES, ACTIVATION, X[a:b], y[a:b], dtype, device)
+
+        return Shard(oracle=chunked_oracle(rows, hi - lo, self.chunk_size), n=hi - lo, rows=rows)
+
+
+def _builder(spec: ScalingSpec, chunk_size: int | None):
+    if spec.problem == "synthetic-mlp":
+        return SyntheticShards(n=spec.n_train or SYNTHETIC_N, dtype=spec.dtype, chunk_size=chunk_size)
+    from .problems.mnist import MNISTShards
+
+    return MNISTShards(name=spec.problem, dtype=spec.dtype, data_dir=spec.data_dir, chunk_size=chunk_size,
+                       n_train=spec.n_train)
+
+
+def _init(problem: str, dtype: str, seed: int) -> torch.Tensor:
+    from .problems.mnist import lecun_init
+
+    return lecun_init("cnn" if problem == "mnist-cnn" else "mlp", getattr(torch, dtype), "cpu")(seed)
+
+
+def _device(want: str) -> str:
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda, but torch sees no CUDA device")
+    return want
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------- throughput
+def measure_throughput(spec: ScalingSpec, log: Callable[[str], None] = print) -> list[dict]:
+    """Rows of the throughput experiment (see the module docstring)."""
+    cfg = spec.throughput
+    device = _device(spec.device)
+    torch.set_num_threads(int(cfg["threads"]))
+    sizes = sorted(cfg["batch_sizes"])
+    builder = _builder(spec, cfg["chunk_size"])
+    shard = builder(0, 1, device)  # every row, on this process's device
+    if max(sizes) > shard.n:
+        raise ValueError(f"throughput.batch_sizes: {max(sizes)} exceeds the {shard.n} training rows of {spec.problem}")
+    m = int(cfg["memory"])
+    w0 = _init(spec.problem, spec.dtype, 0).to(device)
+    gen = torch.Generator().manual_seed(1)
+    V = (torch.randn(w0.numel(), m, generator=gen, dtype=torch.float64) * 1e-2).to(w0.dtype).to(device)
+    rows = []
+    for b in sizes:
+        oracle = shard.rows(0, b) if not cfg["chunk_size"] else _chunked_rows(shard, b, cfg["chunk_size"])
+        for op in cfg["operations"]:
+            times = []
+            for rep in range(int(cfg["repeats"]) + 1):  # the first call warms up (allocations, probes)
+                w = w0 + (rep + 1) * 1e-3  # a fresh point: nothing cached from the last call
+                if op == "hvp-batch":
+                    oracle.loss_and_grad(w)
+                _sync(device)
+                t0 = time.perf_counter()
+                if op == "loss":
+                    oracle.loss(w)
+                elif op == "gradient":
+                    oracle.loss_and_grad(w)
+                elif op == "hvp-batch":
+                    oracle.hvps(w, V)
+                else:
+                    oracle.grads(w[:, None] + V)
+                _sync(device)
+                if rep:
+                    times.append(time.perf_counter() - t0)
+            t = statistics.median(times)
+            vectors = m if op in ("hvp-batch", "grad-batch") else 1
+            rows.append({"problem": spec.problem, "operation": op, "batch_size": b, "memory": vectors,
+                         "seconds": t, "seconds_min": min(times), "repeats": len(times),
+                         "samples_per_second": b / t, "sample_vectors_per_second": b * vectors / t,
+                         "dtype": spec.dtype, "device": device, "threads": torch.get_num_threads(),
+                         "host": socket.gethostname()})
+            log(f"  throughput {spec.problem} {op:10s} b={b:<6d} {t * 1e3:9.2f} ms  {b / t:12.0f} samples/s")
+        del oracle
+    return rows
+
+
+def _chunked_rows(shard, b, chunk_size):
+    from .distributed import chunked_oracle
+
+    return chunked_oracle(shard.rows, b, chunk_size)
+
+
+# ----------------------------------------------------------------------------------------- workers
+def measure_workers(spec: ScalingSpec, log: Callable[[str], None] = print) -> list[dict]:
+    """Rows of the workers experiment (Ray must be initialized)."""
+    cfg = spec.workers
+    builder = _builder(spec, cfg["chunk_size"])
+    m, B = int(cfg["memory"]), int(cfg["sg_batch_size"])
+    rows = []
+    threads = torch.get_num_threads()
+    # the driver's share (sampling S, Gram matrices, TR solve, summing replies) is small; a multi-threaded pool
+    # here would spin on the cores the local workers compute on
+    torch.set_num_threads(1)
+    try:
+        for k in cfg["counts"]:
+            rows += _measure_k(spec, builder, k, m, B, log)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def _measure_k(spec: ScalingSpec, builder, k: int, m: int, B: int, log) -> list[dict]:
+    """The S-LSR1-iteration row and the SG-epoch row for k workers."""
+    import sqn_ray
+    from .distributed import CommStats, DataParallelOracle
+
+    cfg = spec.workers
+    rows = []
+    with DataParallelOracle(builder, k, cpus_per_worker=cfg["cpus_per_worker"],
+                            gpus_per_worker=cfg["gpus_per_worker"],
+                            threads_per_worker=cfg["threads_per_worker"]) as dp:
+        common = {"problem": spec.problem, "workers": k, "n": dp.n, "dim": dp.dim, "dtype": spec.dtype,
+                  "device": dp.worker_info[0]["device"], "threads_per_worker": dp.worker_info[0]["threads"],
+                  "hosts": len({i["hostname"] for i in dp.worker_info}), "host": socket.gethostname()}
+        # one S-LSR1 iteration: a real run, the first iteration a warm-up
+        snaps = []
+        w0 = _init(spec.problem, spec.dtype, cfg["seed"])
+        res = sqn_ray.minimize(dp, w0, "s-lsr1", memory=m, sampling="hvp", seed=cfg["seed"],
+                               max_iters=int(cfg["iterations"]) + 1,
+                               callback=lambda x, record: snaps.append((record["wall_time"], dp.comm.snapshot(),
+                                                                        bool(record["accepted"]))) and False)
+        per = []
+        for (t0, c0, _), (t1, c1, acc) in zip(snaps[1:], snaps[2:]):  # skip iteration 1 (warm-up)
+            per.append((t1 - t0, CommStats.delta(c1, c0), acc))
+        if not per:
+            raise RuntimeError(f"S-LSR1 ran {len(snaps) - 1} iteration(s) ({res.message}); need at least 2")
+        secs = [p[0] for p in per]
+        d = {k2: sum(p[1][k2] for p in per) / len(per) for k2 in per[0][1]}
+        rows.append({**common, "task": "s-lsr1-iteration", "seconds": statistics.median(secs),
+                     "seconds_min": min(secs), "repeats": len(secs), "memory": m, "sg_batch_size": None,
+                     "steps": None, "extrapolated": False,
+                     "accepted_fraction": sum(p[2] for p in per) / len(per),
+                     "compute_seconds": d["compute_seconds"], "compute_cpu_seconds": d["compute_cpu_seconds"],
+                     "overhead_seconds": d["wall_seconds"] - d["compute_seconds"],
+                     "values_down": d["values_down"], "values_up": d["values_up"], "round_trips": d["round_trips"],
+                     "samples": dp.n * (1 + m)})
+        log(f"  workers {spec.problem} k={k} s-lsr1 iteration {rows[-1]['seconds']:.3f} s "
+            f"(compute {d['compute_seconds']:.3f} s, {d['round_trips']:.1f} round trips, "
+            f"{(d['values_down'] + d['values_up']) / 1e6:.2f} M values)")
+        # one SG epoch: n/B steps of data-parallel mini-batch SG (timed steps extrapolated if sg_steps is set)
+        per_epoch = max(1, dp.n // B)
+        steps = per_epoch if cfg["sg_steps"] is None else min(int(cfg["sg_steps"]), per_epoch)
+        w = w0.clone()
+        dp.minibatch_loss_and_grad(w, 0, B)  # warm-up: row oracles, buffers
+        c0 = dp.comm.snapshot()
+        t0 = time.perf_counter()
+        for step in range(steps):
+            _, g = dp.minibatch_loss_and_grad(w, step, B)
+            w = w - cfg["sg_lr"] * g
+        wall = time.perf_counter() - t0
+        d = CommStats.delta(dp.comm.snapshot(), c0)
+        scale = per_epoch / steps
+        rows.append({**common, "task": "sg-epoch", "seconds": wall * scale, "seconds_min": wall * scale,
+                     "repeats": 1, "memory": None, "sg_batch_size": B, "steps": steps,
+                     "extrapolated": steps < per_epoch, "accepted_fraction": None,
+                     "compute_seconds": d["compute_seconds"] * scale,
+                     "compute_cpu_seconds": d["compute_cpu_seconds"] * scale,
+                     "overhead_seconds": (d["wall_seconds"] - d["compute_seconds"]) * scale,
+                     "values_down": d["values_down"] * scale, "values_up": d["values_up"] * scale,
+                     "round_trips": d["round_trips"] * scale, "samples": per_epoch * B})
+        log(f"  workers {spec.problem} k={k} sg epoch {rows[-1]['seconds']:.3f} s ({per_epoch} steps of {B}"
+            f"{f', {steps} timed' if steps < per_epoch else ''}; compute {rows[-1]['compute_seconds']:.3f} s)")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- run
+def _versions() -> dict:
+    import ray
+
+    return {"torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "host": socket.gethostname(), "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    root = str(Path(__file__).resolve().parents[1])  # workers must import sqn_ray from this checkout
+    if root not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, throwaway local instance
+        # Ray runs workers 15 nice levels below the driver; here they are the measured computation
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
+                 object_store_memory=200 * 1024**2, log_to_driver=False)
+    return True
+
+
+def run_scaling(spec: ScalingSpec, out_dir: str | os.PathLike, *, address: str | None = None,
+                num_cpus: int | None = None, num_gpus: int | None = None, figures: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Run the experiments of ``spec``; returns the written files (``throughput``, ``workers``, figures)."""
+    import pandas as pd
+
+    from .io import write_parquet_atomic
+
+    out = Path(out_dir)
+    meta = {"sqn_ray.scaling": spec.to_json()}
+    written: dict[str, Path] = {}
+    if spec.throughput is not None:
+        rows = []
+        for problem in spec.problems:
+            log(f"scaling '{spec.name}': throughput of {problem} ({spec.dtype}, {spec.device})")
+            rows += measure_throughput(replace(spec, problem=problem), log)
+        written["throughput"] = write_parquet_atomic(pd.DataFrame(rows), out / "throughput.parquet",
+                                                     metadata={**meta, "sqn_ray.versions": _versions()})
+    if spec.workers is not None:
+        import ray
+
+        owned = _init_ray(address, num_cpus, num_gpus)
+        try:
+            rows = []
+            for problem in spec.workers["problems"] or spec.problems:
+                log(f"scaling '{spec.name}': data-parallel workers {spec.workers['counts']} on {problem}")
+                rows += measure_workers(replace(spec, problem=problem), log)
+        finally:
+            if owned:
+                ray.shutdown()
+        written["workers"] = write_parquet_atomic(pd.DataFrame(rows), out / "workers.parquet",
+                                                  metadata={**meta, "sqn_ray.versions": _versions()})
+    if figures:
+        written.update(plot_scaling(out))
+    return written
+
+
+def plot_scaling(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """``throughput.png`` (samples/s against batch size, one line per operation) and ``workers.png`` (time of one
+    SG epoch and one S-LSR1 iteration against workers, with the ideal 1/k line) from the Parquet in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out, written = Path(out_dir), {}
+    if (out / "throughput.parquet").exists():
+        df = pd.read_parquet(out / "throughput.parquet")
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+        several = df["problem"].nunique() > 1
+        for (prob, op), g in df.groupby(["problem", "operation"]):
+            g = g.sort_values("batch_size")
+            label = f"{op} (m = {int(g['memory'].iloc[0])})" if op.endswith("batch") else op
+            label = f"{prob}: {label}" if several else label
+            ax.plot(g["batch_size"], g["samples_per_second"], marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / second",
+               title=f"one {df['device'].iloc[0]} device, {df['dtype'].iloc[0]}, {int(df['threads'].iloc[0])} thread(s)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        fig.tight_layout()
+        written["throughput_figure"] = out / "throughput.png"
+        fig.savefig(written["throughput_figure"], dpi=130)
+        plt.close(fig)
+    if (out / "workers.parquet").exists():
+        df = pd.read_parquet(out / "workers.parquet")
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        several = df["problem"].nunique() > 1
+        for (prob, task), g in df.groupby(["problem", "task"]):
+            g = g.sort_values("workers")
+            ax.plot(g["workers"], g["seconds"], marker="o", label=f"{prob}: {task}" if several else task)
+            base = g[g["workers"] == g["workers"].min()]
+            if len(base):
+                k0, t0 = int(base["workers"].iloc[0]), float(base["seconds"].iloc[0])
+                ax.plot(g["workers"], t0 * k0 / g["workers"], ls=":", color="grey")
+        ax.set(xscale="log", yscale="log", xlabel="workers (Ray actors, one shard each)", ylabel="seconds",
+               title="SG epoch vs S-LSR1 iteration (dotted: 1/k)")
+        ax.set_xticks(sorted(df["workers"].unique()), labels=[str(k) for k in sorted(df["workers"].unique())])
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written["workers_figure"] = out / "workers.png"
+        fig.savefig(written["workers_figure"], dpi=130)
+        plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_scaling_command(subparsers) -> argparse.ArgumentParser:
+    """Add ``scaling`` to an argparse subparsers object (handler in ``handler``)."""
+    p = subparsers.add_parser(
+        "scaling", help="throughput vs batch size, and SG epoch vs S-LSR1 iteration vs workers -> Parquet",
+        description="Measure the poster's distributed-computing figures from a scaling file (studies/scaling.yaml): "
+                    "DIR/throughput.parquet, DIR/workers.parquet and their figures.")
+    p.add_argument("file", help="scaling file, e.g. studies/scaling.yaml")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: results/<name>)")
+    p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides (seconds)")
+    p.add_argument("--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto')")
+    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, metavar="N", help="GPUs of the embedded Ray (default: detected)")
+    p.add_argument("--validate", action="store_true", help="check the file and stop")
+    p.add_argument("--no-figures", action="store_true", help="write only the Parquet files")
+    p.set_defaults(handler=cmd_scaling)
+    return p
+
+
+def cmd_scaling(args) -> int:
+    spec = load_scaling_spec(args.file, smoke=args.smoke)  # ScalingSpecError is a ValueError: one line
+    if args.validate:
+        print(f"{args.file}: OK: '{spec.name}'{' (smoke)' if spec.smoke else ''} on {', '.join(spec.problems)}: "
+              f"throughput {spec.throughput['batch_sizes'] if spec.throughput else '-'}, "
+              f"workers {spec.workers['counts'] if spec.workers else '-'}")
+        return 0
+    out = Path(args.out) if args.out else Path("results") / spec.name
+    written = run_scaling(spec, out, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                          figures=not args.no_figures)
+    for path in written.values():
+        print(path)
+    return 0
+
