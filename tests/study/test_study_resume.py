@@ -116,8 +116,11 @@ def test_resume_after_ctrl_c_and_kill_9(ray_cluster, tmp_path, subprocess_env):
 
 
 def test_a_killed_trial_actor_is_retried(ray_cluster, tmp_path):
+    # long enough (~5 s a trial) that a trial is still running when the file first shows it, however quiet
+    # the machine: with short trials the whole study could finish between two looks
     study = parse_study({"name": "crash", "problems": ["toy-small"], "methods": {"gd": {"lr": 0.1}}, "seeds": 4,
-                         "budget": {"iterations": 5000}, "report_interval": 0.2, "max_failures": 2},
+                         "budget": {"iterations": 20000}, "stop": {"loss": -1.0},  # never met: run the full budget
+                         "report_interval": 0.2, "max_failures": 2},
                         source="crash.yaml")
     done = {}
     th = threading.Thread(target=lambda: done.update(outcome=run_study(study, tmp_path, progress=False)))
@@ -128,14 +131,19 @@ def test_a_killed_trial_actor_is_retried(ray_cluster, tmp_path):
         t = t[(t.status == "running") & t.pid.notna()] if "pid" in t else t.iloc[:0]
         return int(t.pid.iloc[0]) if len(t) else None
 
-    wait_for(lambda: running_pid() is not None, None)
+    def running_or_finished():
+        if "outcome" in done:
+            raise AssertionError("the study finished before any trial was seen running")
+        return running_pid() is not None
+
+    wait_for(running_or_finished, None)
     os.kill(running_pid(), signal.SIGKILL)
     th.join(timeout=180)
     assert not th.is_alive()
     it, tr = pd.read_parquet(tmp_path / "iterations.parquet"), pd.read_parquet(tmp_path / "trials.parquet")
     assert done["outcome"].done == 4 and set(tr.status) == {"budget"}
     assert tr.restarts.sum() >= 1
-    assert it.groupby("trial_id").size().eq(5001).all() and not it.duplicated(["trial_id", "iteration"]).any()
+    assert it.groupby("trial_id").size().eq(20001).all() and not it.duplicated(["trial_id", "iteration"]).any()
 
 
 def test_cli_runs_the_smoke_study_on_an_embedded_ray(tmp_path, subprocess_env):
