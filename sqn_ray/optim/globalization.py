@@ -17,6 +17,7 @@ class LineSearchResult:
     step_size: float | None  # None: no step satisfied the condition above ``min_step``
     loss: float
     evaluations: int
+    point: torch.Tensor | None = None  # w + αp as evaluated (the caller reuses it: oracles cache by point)
 
 
 def armijo_backtracking(objective: Objective, w: torch.Tensor, f: float, slope: float, p: torch.Tensor,
@@ -28,10 +29,11 @@ def armijo_backtracking(objective: Objective, w: torch.Tensor, f: float, slope: 
     """
     alpha, evaluations = float(initial_step), 0
     while alpha >= min_step:
-        f_new = float(objective.value(w + alpha * p))
+        trial = w + alpha * p
+        f_new = float(objective.value(trial))
         evaluations += 1
         if math.isfinite(f_new) and f_new <= f + c1 * alpha * slope:
-            return LineSearchResult(alpha, f_new, evaluations)
+            return LineSearchResult(alpha, f_new, evaluations, trial)
         alpha *= 0.5
     return LineSearchResult(None, f, evaluations)
 

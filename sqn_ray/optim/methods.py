@@ -143,7 +143,8 @@ class LineSearchMethod(StepMethod):
                 self.source.reset()
                 self.model.reset()
             return replace(state, iteration=state.iteration + 1), fields
-        w_new = w + ls.step_size * p
+        # the very tensor the search evaluated: an oracle that caches its forward pass by point reuses it
+        w_new = ls.point
         (f_new, g_new), t_grad = _timed(objective.value_and_grad, w_new)
         s, y = w_new - w, g_new - g
         self.source.observe(s, y)
@@ -178,7 +179,8 @@ class TrustRegionMethod(StepMethod):
         p = reduced.lift(sub.a, sub.tau)
         predicted = -reduced.value(sub.a, sub.tau)
         t_model = time.perf_counter() - t0
-        f_trial, t_search = _timed(lambda: float(objective.value(w + p)))
+        w_trial = w + p
+        f_trial, t_search = _timed(lambda: float(objective.value(w_trial)))
         rho = self.rule.ratio(f, f_trial, predicted)
         accepted = self.rule.accepts(rho)
         fields = _nan_fields(trust_radius=radius, accepted=accepted, s_norm=_mean_column_norm(S), rho=rho,
@@ -187,7 +189,7 @@ class TrustRegionMethod(StepMethod):
         next_radius = self.rule.next_radius(radius, rho)
         if not accepted:
             return replace(state, iteration=state.iteration + 1, trust_radius=next_radius), fields
-        w_new = w + p
+        w_new = w_trial  # same tensor as the trial evaluation: an oracle's cached forward pass is reused
         (f_new, g_new), t_grad = _timed(objective.value_and_grad, w_new)
         y = g_new - g
         self.source.observe(p, y)
