@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..linalg.lbfgs import bfgs_inverse_update, compact_inverse_coefficients, lbfgs_gamma
+from ..linalg.lbfgs import bfgs_inverse_update, compact_inverse_from_gram, lbfgs_gamma
 from ..linalg.sr1 import CompactSR1, sr1_filter, sr1_gamma, sr1_update
 from ..linalg.trust_region import ReducedModel, reduce_compact, reduce_dense
 
@@ -52,11 +52,10 @@ class LBFGSInverse:
             return -g, {"pairs_kept": 0, "identity_fallback": True}
         SY, YY, Sg, Yg = SY[np.ix_(keep, keep)], YY[np.ix_(keep, keep)], Sg[keep], Yg[keep]
         gamma = lbfgs_gamma(SY[-1, -1], YY[-1, -1])
-        a, b = compact_inverse_coefficients(SY, YY, Sg, Yg, gamma)
         idx = torch.as_tensor(keep, device=g.device)
         Z = torch.cat([S.index_select(1, idx), Y.index_select(1, idx)], dim=1)
-        coef = torch.as_tensor(np.concatenate([a, b]), dtype=g.dtype, device=g.device)
-        return -(gamma * g + Z @ coef), {"pairs_kept": int(keep.size), "identity_fallback": False}
+        Hg = compact_inverse_from_gram(g, Z, SY, YY, Sg, Yg, gamma)
+        return -Hg, {"pairs_kept": int(keep.size), "identity_fallback": False}
 
     def observe(self, s, y) -> None:
         """Limited-memory: the pair window lives in the pair source."""

@@ -46,8 +46,13 @@ def compact_inverse_apply(g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, gam
         return gamma * g
     Z = torch.cat([S, Y], dim=1)
     gram = (Z.T @ torch.cat([Z, g[:, None]], dim=1)).double().cpu().numpy()
-    SY, YY = gram[:k, k:2 * k], gram[k:, k:2 * k]
-    a, b = compact_inverse_coefficients(SY, YY, gram[:k, -1], gram[k:, -1], gamma)
+    return compact_inverse_from_gram(g, Z, gram[:k, k:2 * k], gram[k:, k:2 * k], gram[:k, -1], gram[k:, -1], gamma)
+
+
+def compact_inverse_from_gram(g: torch.Tensor, Z: torch.Tensor, SY: np.ndarray, YY: np.ndarray, Sg: np.ndarray,
+                              Yg: np.ndarray, gamma: float) -> torch.Tensor:
+    """H g = γ g + [S Y] (a; b) for Z = [S Y], once the small Gram blocks are known (the filter has them)."""
+    a, b = compact_inverse_coefficients(SY, YY, Sg, Yg, gamma)
     coef = torch.as_tensor(np.concatenate([a, b]), dtype=g.dtype, device=g.device)
     return gamma * g + Z @ coef
 
