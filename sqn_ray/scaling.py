@@ -482,10 +482,7 @@ def plot_scaling(out_dir: str | os.PathLike) -> dict[str, Path]:
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / second",
                title=f"one {df['device'].iloc[0]} device, {df['dtype'].iloc[0]}, {int(df['threads'].iloc[0])} thread(s)")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.tight_layout()
-        written["throughput_figure"] = out / "throughput.png"
-        fig.savefig(written["throughput_figure"], dpi=130)
-        plt.close(fig)
+        written["throughput_figure"] = _save(plt, fig, out / "throughput.png")
     if (out / "workers.parquet").exists():
         df = pd.read_parquet(out / "workers.parquet")
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -501,11 +498,15 @@ def plot_scaling(out_dir: str | os.PathLike) -> dict[str, Path]:
                title="SG epoch vs S-LSR1 iteration (dotted: 1/k)")
         ax.set_xticks(sorted(df["workers"].unique()), labels=[str(k) for k in sorted(df["workers"].unique())])
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written["workers_figure"] = out / "workers.png"
-        fig.savefig(written["workers_figure"], dpi=130)
-        plt.close(fig)
+        written["workers_figure"] = _save(plt, fig, out / "workers.png")
     return written
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 # ----------------------------------------------------------------------------------------- CLI
