@@ -188,28 +188,80 @@ def _coerce(value, typ: pa.DataType):
 def _column(values: list, typ: pa.DataType | None) -> pa.Array:
     if typ is None:
         typ = _arrow_type_of(values)
-    return pa.array([_coerce(v, typ) for v in values], type=typ)
+    try:  # fast path: Arrow converts plain numbers and strings itself (NaN stays NaN only in float columns)
+        return pa.array(values, type=typ, from_pandas=not pa.types.is_floating(typ))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return pa.array([_coerce(v, typ) for v in values], type=typ)
+
+
+def _constant(value, typ: pa.DataType, n: int) -> pa.Array:
+    """``n`` copies of one value as an Arrow array (identity columns of a trial's rows)."""
+    value = _coerce(value, typ)
+    return pa.nulls(n, typ) if value is None else pa.repeat(pa.scalar(value, type=typ), n)
+
+
+def _record_table(chunk: dict[str, list]) -> pa.Table:
+    """A trial's column chunk as an Arrow table: record columns typed, other columns inferred."""
+    n = max((len(v) for v in chunk.values()), default=0)
+    return pa.table({k: _column(list(v) + [None] * (n - len(v)), RECORD_COLUMNS.get(k)) for k, v in chunk.items()})
+
+
+def _set_last(table: pa.Table, values: dict[str, Any]) -> pa.Table:
+    """``table`` with the given fields of its last row replaced (the final accuracy evaluated after the fact)."""
+    n = table.num_rows
+    for name, value in values.items():
+        if name in table.column_names:
+            col = table.column(name)
+            vals = col.to_pylist()
+            vals[-1] = value
+            fixed = _column(vals, None if pa.types.is_null(col.type) else col.type)
+            table = table.set_column(table.column_names.index(name), name, fixed)
+        else:
+            table = table.append_column(name, _column([None] * (n - 1) + [value], None))
+    return table
+
+
+def _finite(values: Iterable) -> list[float]:
+    return [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
 
 
 # --------------------------------------------------------------------------------------------- the store
 class _Trial:
-    __slots__ = ("trial_id", "cell", "columns", "info", "summary", "table", "finished", "restarts")
+    __slots__ = ("trial_id", "cell", "chunks", "n_live", "running", "info", "summary", "table", "finished",
+                 "restarts")
 
     def __init__(self, trial_id: str, cell: dict):
         self.trial_id = trial_id
         self.cell = cell
-        self.columns: dict[str, list] = {}
+        self.chunks: list[pa.Table] = []  # iteration rows while running, converted once on arrival
+        self.n_live = 0
+        self.running: dict[str, Any] = {}  # the running summary, updated per chunk
         self.info: dict = {}
         self.summary: dict | None = None
-        self.table: pa.Table | None = None  # iteration rows once finished
+        self.table: pa.Table | None = None  # iteration rows (with identity columns) once finished
         self.finished = False
         self.restarts = 0
 
     @property
     def n_rows(self) -> int:
-        if self.table is not None:
-            return self.table.num_rows
-        return len(self.columns.get("iteration", ()))
+        return self.table.num_rows if self.table is not None else self.n_live
+
+    def add(self, chunk: dict[str, list]) -> None:
+        table = _record_table(chunk)
+        if not table.num_rows:
+            return
+        self.chunks.append(table)
+        self.n_live += table.num_rows
+        r = self.running
+        loss, acc = _finite(chunk.get("loss", ())), _finite(chunk.get("accuracy", ()))
+        if loss:
+            r["best_loss"] = min(loss + ([r["best_loss"]] if "best_loss" in r else []))
+        if acc:
+            r["best_accuracy"] = max(acc + ([r["best_accuracy"]] if "best_accuracy" in r else []))
+            r["final_accuracy"] = acc[-1]
+        for key, col in (("final_loss", "loss"), ("iterations", "iteration"), ("grad_equivalents", "grad_equivalents")):
+            if chunk.get(col):
+                r[key] = chunk[col][-1]
 
 
 class ResultStore:
@@ -288,14 +340,7 @@ class ResultStore:
             if info:
                 t.info.update(info)
             if chunk:
-                n = t.n_rows
-                for k, vals in chunk.items():
-                    col = t.columns.setdefault(k, [None] * n)
-                    col.extend(vals)
-                m = t.n_rows
-                for col in t.columns.values():
-                    if len(col) < m:
-                        col.extend([None] * (m - len(col)))
+                t.add(chunk)
             self._dirty = True
 
     def finish(self, trial_id: str, cell: dict, final: dict) -> None:
@@ -308,14 +353,13 @@ class ResultStore:
             if t.finished:
                 return
             patch = final.pop("patch_last", None)
-            if patch and t.n_rows:
-                for k, v in patch.items():
-                    t.columns.setdefault(k, [None] * t.n_rows)[-1] = v
             info = final.pop("info", None)
             if info:
                 t.info.update(info)
-            t.table = self._iteration_table([t])
-            t.columns = {}
+            t.table = self._iteration_table([t], dedupe=True)
+            if patch and t.table.num_rows:
+                t.table = _set_last(t.table, patch)
+            t.chunks, t.n_live = [], 0
             t.summary = self._summarize(t, final)
             t.finished = True
             meta = {"trial_id": trial_id, "cell": t.cell, "summary": t.summary, "info": t.info}
@@ -387,13 +431,9 @@ class ResultStore:
         return s
 
     def _running_summary(self, t: _Trial) -> dict:
-        loss, acc = t.columns.get("loss", []), t.columns.get("accuracy", [])
-        finite = lambda xs: [x for x in xs if x is not None and isinstance(x, (int, float)) and math.isfinite(x)]  # noqa: E731
-        it, ge = t.columns.get("iteration", []), t.columns.get("grad_equivalents", [])
-        return {"status": "running", "final_loss": loss[-1] if loss else None,
-                "best_loss": min(finite(loss), default=None), "best_accuracy": max(finite(acc), default=None),
-                "final_accuracy": next((a for a in reversed(finite(acc))), None),
-                "iterations": it[-1] if it else None, "grad_equivalents": ge[-1] if ge else None,
+        r = t.running
+        return {"status": "running", **{k: r.get(k) for k in ("final_loss", "best_loss", "best_accuracy",
+                                                                "final_accuracy", "iterations", "grad_equivalents")},
                 "target_accuracy": self._target(t), "restarts": t.restarts}
 
     # -- tables ---------------------------------------------------------------------------------------
@@ -407,27 +447,35 @@ class ResultStore:
         ident["seed"] = cell["seed"]
         return ident
 
+    def _identity_types(self) -> dict[str, pa.DataType]:
+        return {**{k: pa.string() for k in ID_COLUMNS}, **self.option_types, "seed": pa.int64()}
+
     def _identity_columns(self, trials: list[_Trial], counts: list[int]) -> dict[str, pa.Array]:
-        cols: dict[str, list] = {}
+        types = self._identity_types()
+        cols: dict[str, list] = {k: [] for k in types}
         for t, n in zip(trials, counts):
             for k, v in self._identity(t).items():
-                cols.setdefault(k, []).extend([v] * n)
-        types = {**{k: pa.string() for k in ID_COLUMNS}, **self.option_types, "seed": pa.int64()}
-        return {k: _column(v, types[k]) for k, v in cols.items()}
+                cols[k].append(_constant(v, types[k], n))
+        return {k: pa.concat_arrays(v) if v else pa.array([], type=types[k]) for k, v in cols.items()}
 
-    def _iteration_table(self, trials: list[_Trial]) -> pa.Table:
-        """The collected rows of ``trials`` as one table, identity columns first."""
-        counts = [t.n_rows for t in trials]
-        arrays = self._identity_columns(trials, counts)
-        names = list(RECORD_COLUMNS) + sorted({k for t in trials for k in t.columns} - set(RECORD_COLUMNS))
-        for name in names:
-            values = []
-            for t, n in zip(trials, counts):
-                values.extend(t.columns.get(name, [None] * n))
-            arrays[name] = _column(values, RECORD_COLUMNS.get(name))  # other columns: inferred (parts are
-            # merged with permissive promotion, so an int column in one trial and float in another is fine)
+    def _iteration_table(self, trials: list[_Trial], *, dedupe: bool = False) -> pa.Table:
+        """The live rows of ``trials`` as one table: identity columns, the record columns, then any others a
+        method records (merged with permissive promotion, so int in one chunk and float in another is fine).
+        ``dedupe`` keeps the last row of each iteration (one trial whose rows were sent twice)."""
+        chunks = [c for t in trials for c in t.chunks]
+        records = pa.concat_tables(chunks, promote_options="permissive") if chunks else pa.table({})
+        n = records.num_rows
+        arrays = self._identity_columns(trials, [t.n_live for t in trials])
+        others = sorted(set(records.column_names) - set(RECORD_COLUMNS))
+        for name in list(RECORD_COLUMNS) + others:
+            if name in records.column_names:
+                col = records.column(name)
+                typ = RECORD_COLUMNS.get(name)
+                arrays[name] = col.cast(typ) if typ is not None and col.type != typ else col
+            else:
+                arrays[name] = pa.nulls(n, RECORD_COLUMNS[name])
         table = pa.table(arrays)
-        if len(trials) == 1 and table.num_rows:  # one trial's rows: keep the last row of each iteration
+        if dedupe and table.num_rows:
             last = {it: i for i, it in enumerate(table.column("iteration").to_pylist())}
             if len(last) != table.num_rows:
                 table = table.take(pa.array(sorted(last.values())))
@@ -442,7 +490,7 @@ class ResultStore:
     def iterations_table(self) -> pa.Table:
         trials = self._selected()
         parts = [t.table for t in trials if t.finished and t.table is not None and t.table.num_rows]
-        live = [t for t in trials if not t.finished and t.n_rows]
+        live = [t for t in trials if not t.finished and t.n_live]
         if live:
             parts.append(self._iteration_table(live))
         if not parts:

@@ -100,7 +100,7 @@ class StudyTrainable(tune.Trainable):
 
         self._cell = cell_from_config(config)
         self._queue: queue.Queue = queue.Queue()  # lists of records (one per report), then _END
-        self._buf: list[dict] = []
+        self._rows = _Columns()
         self._halt = threading.Event()
         self._permit = threading.Semaphore(0)
         self._lockstep = bool(self._settings.get("lockstep"))
@@ -137,23 +137,19 @@ class StudyTrainable(tune.Trainable):
         self._deadline = time.monotonic() + float(self._settings["report_interval"])
         if self._lockstep:
             self._permit.release()
-        rows: dict[str, list] = {}  # column chunk: the records since the last report
-        n, final = 0, None
-        item = self._queue.get()  # one list of records per chunk (the thread batches: no wake-up per iterate)
+        chunks: list[dict[str, list]] = []  # column chunks (the thread builds columns: nothing to transpose)
+        final = None
+        item = self._queue.get()
         while True:
             if item is _END:
                 final = self._final
                 break
-            for rec in item:
-                for k in rec.keys() - rows.keys():
-                    rows[k] = [None] * n
-                for k, col in rows.items():
-                    col.append(rec.get(k))
-                n += 1
+            chunks.append(item)
             try:  # also take whatever else is ready (the end of the run, or chunks the thread ran ahead with)
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
+        rows = _concat_columns(chunks)
         result = {**self._sanitize(dict(self._last)), "rows": rows}
         if not self._sent_info and getattr(self, "_info", None):
             result["trial_info"] = self._info
@@ -199,9 +195,16 @@ class StudyTrainable(tune.Trainable):
         return self._problems[key]
 
     def _emit_chunk(self) -> None:
-        if self._buf:
-            self._queue.put(self._buf)
-            self._buf = []
+        if self._rows.n:
+            cols = self._rows.take()
+            for k in ("loss", "grad_norm", "iteration", "grad_equivalents", "epochs", "wall_time"):
+                if cols.get(k) and cols[k][-1] is not None:
+                    self._last[k] = cols[k][-1]
+            acc = next((a for a in reversed(cols.get("accuracy", ())) if a is not None and math.isfinite(a)), None)
+            if acc is not None:
+                self._last["accuracy"] = acc
+            self._last.update(best_loss=self._best_loss, best_accuracy=self._best_acc)
+            self._queue.put(cols)
 
     def _run(self):
         import torch
@@ -239,27 +242,31 @@ class StudyTrainable(tune.Trainable):
             streamed = set()
             reason = {}
 
+            rows = self._rows
+
             def callback(x=None, record=None, **_):
                 nonlocal overhead
                 t0 = time.perf_counter()
-                row = dict(record)  # plain numbers; minimize keeps its own record for its history
-                it = int(row["iteration"])
-                row["wall_time"] = float(row["wall_time"]) - overhead
-                acc = float(problem.accuracy(x)) if it % every == 0 else math.nan
-                row["accuracy"] = acc
-                if metrics is not None and it % every == 0:
-                    row.update(metrics(x))  # held-out metrics (test_loss, test_accuracy) of real-data problems
-                self._track(row)
+                it = int(record["iteration"])
+                evaluate = it % every == 0
+                acc = float(problem.accuracy(x)) if evaluate else math.nan
+                for k, v in record.items():  # plain numbers; the optimizer's wall time without this callback's
+                    rows.add(k, v - overhead if k == "wall_time" else v)
+                rows.add("accuracy", acc)
+                if metrics is not None and evaluate:
+                    for k, v in metrics(x).items():  # held-out metrics (test_loss, test_accuracy) of real data
+                        rows.add(k, v)
+                rows.end_row()
+                self._track(record["loss"], acc)
                 streamed.add(it)
-                self._buf.append(row)
                 halt = None
                 if target is not None and acc >= target:
                     halt = "target"
-                elif stop.get("loss") is not None and row["loss"] <= stop["loss"]:
+                elif stop.get("loss") is not None and record["loss"] <= stop["loss"]:
                     halt = "target_loss"
-                elif budget.get("grad_equivalents") is not None and row["grad_equivalents"] >= budget["grad_equivalents"]:
+                elif budget.get("grad_equivalents") is not None and record["grad_equivalents"] >= budget["grad_equivalents"]:
                     halt = "grad_equivalents"
-                elif budget.get("wall_time") is not None and row["wall_time"] >= budget["wall_time"]:
+                elif budget.get("wall_time") is not None and record["wall_time"] - overhead >= budget["wall_time"]:
                     halt = "wall_time"
                 if halt is None and time.monotonic() >= self._deadline:
                     self._emit_chunk()
@@ -288,11 +295,12 @@ class StudyTrainable(tune.Trainable):
             for rec in hist.to_dict("records"):
                 it = int(rec["iteration"])
                 if it not in streamed:
-                    row = {k: _plain(v) for k, v in rec.items()}
-                    row["wall_time"] = float(row["wall_time"]) - overhead
-                    row["accuracy"] = math.nan
-                    self._track(row)
-                    self._buf.append(row)
+                    for k, v in rec.items():
+                        v = _plain(v)
+                        rows.add(k, float(v) - overhead if k == "wall_time" else v)
+                    rows.add("accuracy", math.nan)
+                    rows.end_row()
+                    self._track(rows.cols["loss"][-1], math.nan)
             final["optimizer_status"], final["message"] = result.status, result.message
             if result.status == "diverged":
                 final.update(status="diverged", stop_reason="diverged")
@@ -301,7 +309,7 @@ class StudyTrainable(tune.Trainable):
                 if last is not None and int(last["iteration"]) % every != 0 and torch.isfinite(result.x).all():
                     acc = float(problem.accuracy(result.x))
                     final["patch_last"] = {"accuracy": acc}
-                    self._track({"accuracy": acc})
+                    self._track(math.nan, acc)
                 why = reason.get("why") or {"max_iters": "iterations", "converged": "converged",
                                             "stalled": "stalled"}.get(result.status, result.status)
                 solved = why in ("target", "target_loss") or (target is not None and self._best_acc >= target)
@@ -317,18 +325,62 @@ class StudyTrainable(tune.Trainable):
         final["info"] = getattr(self, "_info", None)
         self._final = final
         self._emit_chunk()
+        if final.get("patch_last"):  # the last iterate's accuracy, evaluated after its row was sent
+            self._last["accuracy"] = final["patch_last"]["accuracy"]
         self._queue.put(_END)
 
-    def _track(self, row: dict) -> None:
-        loss, acc = row.get("loss"), row.get("accuracy")
-        if loss is not None and math.isfinite(loss):
-            self._best_loss = min(self._best_loss, loss)
-        if acc is not None and math.isfinite(acc):
-            self._best_acc = max(self._best_acc, acc)
-            self._last["accuracy"] = acc
-        for k in ("loss", "grad_norm", "iteration", "grad_equivalents", "epochs", "wall_time"):
-            if k in row and row[k] is not None:
-                self._last[k] = row[k]
-        self._last["best_loss"] = self._best_loss
-        self._last["best_accuracy"] = self._best_acc
+    def _track(self, loss, acc) -> None:
+        """Best loss and accuracy so far (NaN compares false: unevaluated accuracies are skipped)."""
+        if loss is not None and loss < self._best_loss and math.isfinite(loss):
+            self._best_loss = loss
+        if acc > self._best_acc and math.isfinite(acc):
+            self._best_acc = acc
 
+
+class _Columns:
+    """Iteration rows kept as columns, the shape the driver stores: a chunk travels without transposition.
+
+    ``add(key, value)`` sets a field of the current row; ``end_row()`` closes it; a field a row lacks is None.
+    """
+
+    __slots__ = ("cols", "n")
+
+    def __init__(self):
+        self.cols: dict[str, list] = {}
+        self.n = 0  # closed rows
+
+    def add(self, key: str, value) -> None:
+        col = self.cols.get(key)
+        if col is None:
+            col = self.cols[key] = [None] * self.n
+        elif len(col) < self.n:
+            col.extend([None] * (self.n - len(col)))
+        col.append(value)
+
+    def end_row(self) -> None:
+        self.n += 1
+
+    def take(self) -> dict[str, list]:
+        """The closed rows as equal-length columns; the buffer starts empty again."""
+        cols, n = self.cols, self.n
+        for col in cols.values():
+            if len(col) < n:
+                col.extend([None] * (n - len(col)))
+        self.cols, self.n = {}, 0
+        return cols
+
+
+def _concat_columns(chunks: list[dict[str, list]]) -> dict[str, list]:
+    """Column chunks one after another (a column missing from a chunk is None there)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    out: dict[str, list] = {}
+    n = 0
+    for chunk in chunks:
+        m = len(next(iter(chunk.values()), ()))
+        for k in chunk.keys() - out.keys():
+            out[k] = [None] * n
+        for k, col in out.items():
+            col.extend(chunk.get(k) or [None] * m)
+        n += m
+    return out
