@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from ..io import read_parquet_metadata, write_table_atomic
 
-__all__ = ["ResultStore", "read_metadata", "write_table_atomic", "study_metadata", "ID_COLUMNS",
+__all__ = ["ResultStore", "record_table", "read_metadata", "write_table_atomic", "study_metadata", "ID_COLUMNS",
            "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES"]
 
 TERMINAL_STATUSES = ("solved", "budget", "diverged", "failed")
@@ -200,7 +200,7 @@ def _constant(value, typ: pa.DataType, n: int) -> pa.Array:
     return pa.nulls(n, typ) if value is None else pa.repeat(pa.scalar(value, type=typ), n)
 
 
-def _record_table(chunk: dict[str, list]) -> pa.Table:
+def record_table(chunk: dict[str, list]) -> pa.Table:
     """A trial's column chunk as an Arrow table: record columns typed, other columns inferred."""
     n = max((len(v) for v in chunk.values()), default=0)
     return pa.table({k: _column(list(v) + [None] * (n - len(v)), RECORD_COLUMNS.get(k)) for k, v in chunk.items()})
@@ -246,22 +246,25 @@ class _Trial:
     def n_rows(self) -> int:
         return self.table.num_rows if self.table is not None else self.n_live
 
-    def add(self, chunk: dict[str, list]) -> None:
-        table = _record_table(chunk)
+    def add(self, chunk: dict[str, list] | pa.Table) -> None:
+        table = chunk if isinstance(chunk, pa.Table) else record_table(chunk)
         if not table.num_rows:
             return
         self.chunks.append(table)
         self.n_live += table.num_rows
+        col = lambda name: table.column(name).to_pylist() if name in table.column_names else []  # noqa: E731
         r = self.running
-        loss, acc = _finite(chunk.get("loss", ())), _finite(chunk.get("accuracy", ()))
-        if loss:
-            r["best_loss"] = min(loss + ([r["best_loss"]] if "best_loss" in r else []))
+        loss, acc = col("loss"), _finite(col("accuracy"))
+        if _finite(loss):
+            r["best_loss"] = min(_finite(loss) + ([r["best_loss"]] if "best_loss" in r else []))
         if acc:
             r["best_accuracy"] = max(acc + ([r["best_accuracy"]] if "best_accuracy" in r else []))
             r["final_accuracy"] = acc[-1]
-        for key, col in (("final_loss", "loss"), ("iterations", "iteration"), ("grad_equivalents", "grad_equivalents")):
-            if chunk.get(col):
-                r[key] = chunk[col][-1]
+        if loss:
+            r["final_loss"] = loss[-1]
+        for key, name in (("iterations", "iteration"), ("grad_equivalents", "grad_equivalents")):
+            if name in table.column_names:
+                r[key] = table.column(name)[-1].as_py()
 
 
 class ResultStore:
@@ -330,16 +333,19 @@ class ResultStore:
             self._remove_part(trial_id)
             self._dirty = True
 
-    def add_rows(self, trial_id: str, cell: dict, chunk: dict[str, list] | None, info: dict | None) -> None:
+    def add_rows(self, trial_id: str, cell: dict, chunk: dict[str, list] | pa.Table | None, info: dict | None) -> None:
+        """``chunk``: the trial's next rows, as columns (``{name: values}``) or an Arrow table of them."""
         with self._lock:
             t = self.trials.get(trial_id)
-            if t is None or (t.finished and chunk and chunk.get("iteration")):
+            if chunk is not None and not isinstance(chunk, pa.Table):
+                chunk = record_table(chunk)
+            if t is None or (t.finished and chunk is not None and chunk.num_rows):
                 # a finished trial sending rows again is being recomputed from scratch
                 t = self.trials[trial_id] = _Trial(trial_id, cell)
                 self._remove_part(trial_id)
             if info:
                 t.info.update(info)
-            if chunk:
+            if chunk is not None:
                 t.add(chunk)
             self._dirty = True
 
@@ -525,11 +531,12 @@ class ResultStore:
     # -- writing --------------------------------------------------------------------------------------
     def flush(self, *, force: bool = False) -> bool:
         """Rewrite both files if anything changed; unless ``force``, at most every few seconds (and never
-        more than ~10 % of the time). The tables are assembled under the store's lock, written outside it."""
+        more than ~3 % of the time: the file is rewritten whole, and on a small machine the driver's time is
+        taken from the trials). The tables are assembled under the store's lock, written outside it."""
         with self._write_lock:
             now = time.monotonic()
             if not self._dirty or (not force and now - self._last_flush < max(self.min_flush_interval,
-                                                                              10 * self._flush_cost)):
+                                                                              30 * self._flush_cost)):
                 return False
             with self._lock:
                 iterations, trials = self.iterations_table(), self.trials_table()

@@ -11,6 +11,7 @@ from their recorded results, unfinished ones start over, no row is duplicated or
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,13 +31,16 @@ from .results import ResultStore, variant_label
 from .spec import Study
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
-__all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "DEFAULT_OUT_ROOT"]
+__all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "shutdown_ray", "DEFAULT_OUT_ROOT"]
 
 DEFAULT_OUT_ROOT = Path("results")
 STATE_FILE = ".study.json"
 TUNE_DIR = ".tune"
 EXPERIMENT = "study"
 _log = logging.getLogger(__name__)
+#: imported by the worker processes an embedded Ray starts during ``ray.init``, so a trial's actor finds torch
+#: and this package loaded instead of importing them (~2 s) while the study waits
+PRELOAD = ("torch", "ray.tune", "sqn_ray.study.trainable", "sqn_ray.problems")
 
 
 class StudyError(RuntimeError):
@@ -81,9 +85,56 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     # A private, throwaway instance: token auth (on by default since Ray 2.59) only gets in the way here.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # address="local": always a new instance, even if `ray start` left a cluster running on this machine
+    os.environ.update(_tune_actor_env_vars())  # the workers inherit them (see _plain_tune_actors)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-             object_store_memory=object_store_memory, **quiet)
+             object_store_memory=object_store_memory, _system_config={"preload_python_modules": list(PRELOAD)},
+             **quiet)
     return True
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()``, without its one-second stall on an embedded instance: Ray stops its processes one
+    by one, GCS before the autoscaler monitor, whose SIGTERM handler then tries to report to the dead GCS and
+    is killed only when its 1 s grace period runs out. The monitor holds no state worth a graceful exit here,
+    so it is killed first."""
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - pinned ray 2.60
+    if node is not None and node.is_head():
+        try:
+            node.kill_monitor(check_alive=False)
+        except Exception:  # noqa: BLE001 - the normal shutdown below still stops it
+            _log.debug("could not stop Ray's monitor early", exc_info=True)
+    ray.shutdown()
+
+
+def _tune_actor_env_vars() -> dict[str, str]:
+    try:
+        from ray.tune.execution.class_cache import DEFAULT_ENV_VARS  # pinned ray 2.60
+    except ImportError:
+        return {}
+    return dict(DEFAULT_ENV_VARS)
+
+
+@contextlib.contextmanager
+def _plain_tune_actors():
+    """Tune gives every trainable actor a runtime env of constant env vars (``PL_DISABLE_FORK=1``, for
+    PyTorch Lightning). Any runtime env keeps the actor off the idle workers Ray started (and preloaded) at
+    ``ray.init``: it waits ~1 s for a fresh worker set up through the runtime-env agent, then imports torch.
+    Those vars are in this process's environment, which an embedded Ray's workers inherit, so here Tune's
+    actors are created without them."""
+    try:
+        from ray.tune.execution import class_cache  # pinned ray 2.60
+    except ImportError:
+        yield
+        return
+    saved = dict(class_cache.DEFAULT_ENV_VARS)
+    if any(os.environ.get(k) != v for k, v in saved.items()):
+        yield  # not inherited (e.g. a cluster started elsewhere): keep Tune's env
+        return
+    class_cache.DEFAULT_ENV_VARS.clear()
+    try:
+        yield
+    finally:
+        class_cache.DEFAULT_ENV_VARS.update(saved)
 
 
 # -------------------------------------------------------------------------------------------- search
@@ -188,7 +239,7 @@ class StudyCallback(tune.Callback):
         rows, tinfo, final = result.pop("rows", None), result.pop("trial_info", None), result.pop("final", None)
         if result.pop("replayed", False):
             self.replayed += 1
-        elif rows or tinfo:
+        elif rows is not None or tinfo:
             self.store.add_rows(trial.trial_id, self._cell(trial), rows, tinfo)
         if final is not None:
             self.store.finish(trial.trial_id, self._cell(trial), final)
@@ -312,12 +363,14 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
                     checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
             )
         store.start_writer()
-        tuner.fit()
+        with _plain_tune_actors() if connected and not (address or os.environ.get("RAY_ADDRESS")) \
+                else contextlib.nullcontext():
+            tuner.fit()
     finally:
         store.stop_writer()
         store.flush(force=True)
         if connected:
-            ray.shutdown()
+            shutdown_ray()
     counts = store.counts()
     done = sum(counts.get(s, 0) for s in ("solved", "budget", "diverged", "failed"))
     if table is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -46,8 +47,10 @@ def run(cfg, s, recorded=None):
     t.cleanup()
     rows = {}
     for r in results:
-        for k, v in r.get("rows", {}).items():
-            rows.setdefault(k, []).extend(v)
+        if r.get("rows") is not None:  # an Arrow table of the chunk's iterations
+            assert isinstance(r["rows"], pa.Table)
+            for k, v in r["rows"].to_pydict().items():
+                rows.setdefault(k, []).extend(v)
     return results, rows, results[-1].get("final")
 
 
@@ -87,7 +90,7 @@ def test_divergence_is_a_status_and_its_row_is_kept():
         results.append(t.step())
     t.cleanup()
     final = results[-1]["final"]
-    rows = [x for r in results for x in r["rows"].get("loss", [])]
+    rows = [x for r in results if r.get("rows") is not None for x in r["rows"].column("loss").to_pylist()]
     assert (final["status"], final["optimizer_status"]) == ("diverged", "diverged")
     assert not math.isfinite(rows[-1]) and results[-1]["loss"] == math.inf  # Tune sees a number
 
@@ -108,11 +111,11 @@ def test_chunks_pause_and_stop_promptly():
     """With a scheduler (lockstep) the optimizer waits between reports; stopping the trial ends it at once."""
     t = trainable(config(lr=0.1), settings(lockstep=True, budget={"iterations": 10**6}))
     first = [t.step() for _ in range(3)]
-    assert [r["rows"]["iteration"] for r in first] == [[0], [1], [2]]
+    assert [r["rows"].column("iteration").to_pylist() for r in first] == [[0], [1], [2]]
     thread = t._thread
     t.reset_config(config(lr=0.2, seed=1))  # Tune stops the trial and reuses the actor for the next one
     assert not thread.is_alive() and t._queue.qsize() == 0
-    assert t.step()["rows"]["iteration"] == [0]
+    assert t.step()["rows"].column("iteration").to_pylist() == [0]
     t.cleanup()
     assert threading.active_count() < 50
 
