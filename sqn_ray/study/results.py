@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..io import read_parquet_metadata, write_table_atomic
@@ -53,6 +54,12 @@ RECORD_COLUMNS = {
     "n_fun": pa.int64(), "n_grad": pa.int64(), "n_hvp": pa.int64(), "grad_equivalents": pa.float64(),
     "epochs": pa.float64(), "wall_time": pa.float64(), "step_size": pa.float64(),
     "trust_radius": pa.float64(), "accepted": pa.bool_(), "pairs_kept": pa.int64(), "s_norm": pa.float64(),
+}
+#: the other fields every method records (see sqn_ray.optim.minimize.RECORD_FIELDS): typed up front so that a
+#: chunk converts without inspecting its values; fields a method adds beyond these are inferred
+OPTIMIZER_COLUMNS = {
+    "step_norm": pa.float64(), "identity_fallback": pa.bool_(), "rho": pa.float64(), "inner_iters": pa.int64(),
+    "t_pairs": pa.float64(), "t_model": pa.float64(), "t_search": pa.float64(), "t_grad": pa.float64(),
 }
 TRIAL_COLUMNS = {
     "status": pa.string(), "stop_reason": pa.string(), "error": pa.string(), "optimizer_status": pa.string(),
@@ -203,7 +210,8 @@ def _constant(value, typ: pa.DataType, n: int) -> pa.Array:
 def record_table(chunk: dict[str, list]) -> pa.Table:
     """A trial's column chunk as an Arrow table: record columns typed, other columns inferred."""
     n = max((len(v) for v in chunk.values()), default=0)
-    return pa.table({k: _column(list(v) + [None] * (n - len(v)), RECORD_COLUMNS.get(k)) for k, v in chunk.items()})
+    types = {**OPTIMIZER_COLUMNS, **RECORD_COLUMNS}
+    return pa.table({k: _column(list(v) + [None] * (n - len(v)), types.get(k)) for k, v in chunk.items()})
 
 
 def _set_last(table: pa.Table, values: dict[str, Any]) -> pa.Table:
@@ -221,8 +229,11 @@ def _set_last(table: pa.Table, values: dict[str, Any]) -> pa.Table:
     return table
 
 
-def _finite(values: Iterable) -> list[float]:
-    return [x for x in values if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+def _finite_values(column) -> pa.ChunkedArray:
+    """The finite values of a numeric Arrow column (nulls, NaN and ±inf dropped)."""
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        return pa.chunked_array([], type=pa.float64())
+    return column.filter(pc.is_finite(column), null_selection_behavior="drop")
 
 
 # --------------------------------------------------------------------------------------------- the store
@@ -252,18 +263,20 @@ class _Trial:
             return
         self.chunks.append(table)
         self.n_live += table.num_rows
-        col = lambda name: table.column(name).to_pylist() if name in table.column_names else []  # noqa: E731
-        r = self.running
-        loss, acc = col("loss"), _finite(col("accuracy"))
-        if _finite(loss):
-            r["best_loss"] = min(_finite(loss) + ([r["best_loss"]] if "best_loss" in r else []))
-        if acc:
-            r["best_accuracy"] = max(acc + ([r["best_accuracy"]] if "best_accuracy" in r else []))
-            r["final_accuracy"] = acc[-1]
-        if loss:
-            r["final_loss"] = loss[-1]
+        r = self.running  # the running summary, from Arrow kernels (no per-value Python)
+        names = table.column_names
+        if "loss" in names:
+            loss = _finite_values(table.column("loss"))
+            if len(loss):
+                r["best_loss"] = min(pc.min(loss).as_py(), r.get("best_loss", math.inf))
+            r["final_loss"] = table.column("loss")[-1].as_py()
+        if "accuracy" in names:
+            acc = _finite_values(table.column("accuracy"))
+            if len(acc):
+                r["best_accuracy"] = max(pc.max(acc).as_py(), r.get("best_accuracy", -math.inf))
+                r["final_accuracy"] = acc[-1].as_py()
         for key, name in (("iterations", "iteration"), ("grad_equivalents", "grad_equivalents")):
-            if name in table.column_names:
+            if name in names:
                 r[key] = table.column(name)[-1].as_py()
 
 
@@ -274,7 +287,7 @@ class ResultStore:
     rewrites ``iterations.parquet`` and ``trials.parquet`` (throttled unless forced) for the trials Tune knows.
     """
 
-    def __init__(self, out_dir: str | Path, study, *, min_flush_interval: float = 2.0):
+    def __init__(self, out_dir: str | Path, study, *, min_flush_interval: float = 5.0):
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS
         self.parts_dir.mkdir(parents=True, exist_ok=True)

@@ -294,12 +294,11 @@ class StudyTrainable(tune.Trainable):
                                       callback=callback, seed=cell["seed"], **cell["options"])
             # iterates the callback never saw (a diverged step is recorded but not called back)
             hist = result.history
-            for rec in hist.to_dict("records"):
-                it = int(rec["iteration"])
-                if it not in streamed:
-                    rec = {k: _plain(v) for k, v in rec.items()}
-                    rows.append(rec, overhead, math.nan, None)
-                    self._track(rec["loss"], math.nan)
+            unseen = hist[~hist["iteration"].isin(streamed)] if len(hist) > len(streamed) else hist.iloc[:0]
+            for rec in unseen.to_dict("records"):
+                rec = {k: _plain(v) for k, v in rec.items()}
+                rows.append(rec, overhead, math.nan, None)
+                self._track(rec["loss"], math.nan)
             final["optimizer_status"], final["message"] = result.status, result.message
             if result.status == "diverged":
                 final.update(status="diverged", stop_reason="diverged")

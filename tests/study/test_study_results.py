@@ -62,6 +62,7 @@ def test_columns_summaries_and_metadata(tmp_path, study):
     assert t1.best_loss == pytest.approx(1 / 7) and t1.final_accuracy == 1.0 and t1.memory == 2
     assert math.isnan(t1.lr) and t1.radius == 1.0  # lr does not apply to s-lsr1; radius is its default
     assert tr.loc["t2"].status == "running" and tr.loc["t2"].lr == 0.5 and math.isnan(tr.loc["t2"].radius)
+    assert (tr.loc["t2"].best_loss, tr.loc["t2"].final_loss, tr.loc["t2"].iterations) == (0.5, 0.5, 1)
     meta = read_metadata(tmp_path / "iterations.parquet")
     assert meta["sqn_ray.study"]["name"] == "unit" and meta["sqn_ray.study_yaml"] == "name: unit\n"
     assert {"torch", "ray", "python"} <= set(meta["sqn_ray.versions"]) and meta["sqn_ray.git_revision"]
@@ -132,3 +133,26 @@ def test_failed_and_diverged_keep_status_and_error(tmp_path, study):
     assert tr.loc["d"].status == "diverged" and tr.loc["d"].best_loss == 0.5
     meta = json.loads(pq.read_schema(tmp_path / ".parts" / "f.parquet").metadata[b"sqn_ray.trial"])
     assert meta["summary"]["error"] == "RuntimeError: boom"
+
+
+def test_running_summary_skips_non_finite_values(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    r = rows(3)
+    r["loss"] = [2.0, math.nan, math.inf]
+    r["accuracy"] = [0.25, 0.75, math.nan]
+    store.add_rows("r", cell(memory=2), r, INFO)
+    store.add_rows("r", cell(memory=2), rows(1, start=3), None)  # loss 0.25, accuracy 0.5
+    store.flush(force=True)
+    tr = pq.read_table(tmp_path / "trials.parquet").to_pandas().set_index("trial_id").loc["r"]
+    assert tr.status == "running" and tr.best_loss == 0.25 and tr.final_loss == 0.25
+    assert tr.best_accuracy == 0.75 and tr.final_accuracy == 0.5 and tr.iterations == 3
+
+
+def test_every_optimizer_field_has_a_column_type():
+    """A chunk converts to Arrow without inspecting values only if each field minimize records is typed here."""
+    from sqn_ray.optim.minimize import RECORD_FIELDS
+
+    assert set(RECORD_FIELDS) <= set(R.RECORD_COLUMNS) | set(R.OPTIMIZER_COLUMNS)
+    chunk = R.record_table({"iteration": [0, 1], "identity_fallback": [False, True], "inner_iters": [0, 3],
+                            "rho": [math.nan, 0.5], "custom": [1, 2]})
+    assert chunk.schema.field("identity_fallback").type == "bool" and chunk.schema.field("custom").type == "int64"

@@ -139,3 +139,25 @@ def test_config_of_every_search_algorithm():
                                       "options": {"memory": 4, "radius": 0.5}}
     optuna = {"problem": "toy-small", "method": "gd", "seed": 1, "gd.lr": 0.3, "s-lsr1.radius": 2.0}
     assert cell_from_config(optuna)["options"] == {"lr": 0.3}
+
+
+def test_row_buffer_columns_keep_rows_aligned():
+    """Records with differing fields, held-out metrics on some rows: every column has one entry per row, in
+    order, None where a row lacks the field; wall_time has the callback's time before each row taken out."""
+    from sqn_ray.study.trainable import _RowBuffer
+
+    buf = _RowBuffer()
+    buf.append({"iteration": 0, "loss": 1.0, "wall_time": 0.5}, 0.0, 0.25, {"test_loss": 2.0})
+    buf.append({"iteration": 1, "loss": 0.5, "wall_time": 1.5, "rho": 0.9}, 0.25, math.nan, None)
+    buf.append({"iteration": 2, "loss": 0.25, "wall_time": 2.5}, 0.5, 0.75, {"test_loss": 1.0})
+    cols = buf.take()
+    assert cols["iteration"] == [0, 1, 2] and cols["loss"] == [1.0, 0.5, 0.25]
+    assert cols["rho"] == [None, 0.9, None] and cols["test_loss"] == [2.0, None, 1.0]
+    assert cols["wall_time"] == [0.5, 1.25, 2.0]
+    assert cols["accuracy"][0] == 0.25 and math.isnan(cols["accuracy"][1]) and cols["accuracy"][2] == 0.75
+    assert buf.items == [] and len({len(c) for c in cols.values()}) == 1
+    same = _RowBuffer()  # the usual case: one record layout, transposed in one go
+    for i in range(3):
+        same.append({"iteration": i, "loss": 1.0 / (i + 1), "wall_time": float(i)}, 0.0, 0.5, None)
+    assert same.take() == {"iteration": [0, 1, 2], "loss": [1.0, 0.5, 1 / 3], "wall_time": [0.0, 1.0, 2.0],
+                           "accuracy": [0.5, 0.5, 0.5]}
