@@ -6,7 +6,9 @@ The trials: ``--method`` on ``--problem`` with ``--trials`` seeds, no stop rule,
 calibrated so that one trial takes about ``--seconds`` (accuracy evaluated every iteration, as a study does).
 The default, gradient descent on the toy net, never converges early, so every trial does the same work.
 
-* serial: the same trials in this process, one thread, one after another (problem built once, as an actor does);
+* serial: the same trials in this process, one thread, one after another (problem built once, as an actor does),
+  half of them before the study and half after, so that a machine drifting in speed (a shared VM does, by ±10 %
+  within minutes) biases neither side;
 * study: ``run_study`` on an embedded Ray with ``--num-cpus`` CPUs, wall time from before ``ray.init`` to after
   ``ray.shutdown`` (Ray start included), Parquet written as usual.
 
@@ -69,10 +71,10 @@ def parallel_capacity(problem: str, method: str, iters: int, n: int) -> tuple[fl
     return alone, sum(together) / len(together)
 
 
-def run_serial(problem, method, trials, iters):
+def run_serial(problem, method, seeds, iters):
     t0 = time.perf_counter()
     times = []
-    for seed in range(trials):
+    for seed in seeds:
         t = time.perf_counter()
         run_trial(problem, method, seed, iters)
         times.append(time.perf_counter() - t)
@@ -132,10 +134,14 @@ def main(argv=None) -> int:
         capacity = args.num_cpus * alone / together
         print(f"machine: one trial alone {alone:.2f} s, {args.num_cpus} at once {together:.2f} s each -> "
               f"{args.num_cpus} processes give {capacity:.2f}x the throughput of one (ideal {args.num_cpus})")
-        serial, serial_times = run_serial(problem, args.method, args.trials, iters)
-        print(f"serial, one process, 1 thread: {serial:7.2f} s  (trial min/median/max "
-              f"{min(serial_times):.2f}/{statistics.median(serial_times):.2f}/{max(serial_times):.2f} s)")
+        half = args.trials // 2
+        before, before_times = run_serial(problem, args.method, range(half), iters)
         wall, outcome, trials = run_ray(study, args.num_cpus)
+        after, after_times = run_serial(problem, args.method, range(half, args.trials), iters)
+        serial, serial_times = before + after, before_times + after_times
+        print(f"serial, one process, 1 thread: {serial:7.2f} s  (trial min/median/max "
+              f"{min(serial_times):.2f}/{statistics.median(serial_times):.2f}/{max(serial_times):.2f} s; "
+              f"{half} trials before the study, {args.trials - half} after)")
         gaps = []
         for _, g in trials.sort_values("started_at").groupby(["node_id", "pid"]):
             gaps += list(g["started_at"].to_numpy()[1:] - g["finished_at"].to_numpy()[:-1])
