@@ -38,9 +38,6 @@ STATE_FILE = ".study.json"
 TUNE_DIR = ".tune"
 EXPERIMENT = "study"
 _log = logging.getLogger(__name__)
-#: imported by the worker processes an embedded Ray starts during ``ray.init``, so a trial's actor finds torch
-#: and this package loaded instead of importing them (~2 s) while the study waits
-PRELOAD = ("torch", "ray.tune", "sqn_ray.study.trainable", "sqn_ray.problems")
 
 
 class StudyError(RuntimeError):
@@ -87,8 +84,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
     # address="local": always a new instance, even if `ray start` left a cluster running on this machine
     os.environ.update(_tune_actor_env_vars())  # the workers inherit them (see _plain_tune_actors)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-             object_store_memory=object_store_memory, _system_config={"preload_python_modules": list(PRELOAD)},
-             **quiet)
+             object_store_memory=object_store_memory, **quiet)
+    # No preload_python_modules: workers that import torch before registering are not idle when Tune asks
+    # for its actors, so Ray starts more workers, all importing torch at once (one actor ran whole studies).
     # The log monitor streams worker output to the driver, which log_to_driver=False turns off; it would still
     # poll the log folder ~1.5 % of a core, taken from the trials (workers keep writing their own log files).
     node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - pinned ray 2.60
@@ -124,8 +122,8 @@ def _tune_actor_env_vars() -> dict[str, str]:
 @contextlib.contextmanager
 def _plain_tune_actors():
     """Tune gives every trainable actor a runtime env of constant env vars (``PL_DISABLE_FORK=1``, for
-    PyTorch Lightning). Any runtime env keeps the actor off the idle workers Ray started (and preloaded) at
-    ``ray.init``: it waits ~1 s for a fresh worker set up through the runtime-env agent, then imports torch.
+    PyTorch Lightning). Any runtime env keeps the actor off the idle workers Ray started at ``ray.init``: it
+    waits ~1 s for a fresh worker set up through the runtime-env agent (two more processes importing Ray).
     Those vars are in this process's environment, which an embedded Ray's workers inherit, so here Tune's
     actors are created without them."""
     try:
