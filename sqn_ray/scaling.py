@@ -403,26 +403,6 @@ def _versions() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    root = str(Path(__file__).resolve().parents[1])  # workers must import sqn_ray from this checkout
-    if root not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, throwaway local instance
-        # Ray runs workers 15 nice levels below the driver; here they are the measured computation
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                 object_store_memory=200 * 1024**2, log_to_driver=False)
-    return True
-
-
 def run_scaling(spec: ScalingSpec, out_dir: str | os.PathLike, *, address: str | None = None,
                 num_cpus: int | None = None, num_gpus: int | None = None, figures: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Path]:
@@ -442,9 +422,12 @@ def run_scaling(spec: ScalingSpec, out_dir: str | os.PathLike, *, address: str |
         written["throughput"] = write_parquet_atomic(pd.DataFrame(rows), out / "throughput.parquet",
                                                      metadata={**meta, "sqn_ray.versions": _versions()})
     if spec.workers is not None:
-        import ray
+        from . import ray_session
 
-        owned = _init_ray(address, num_cpus, num_gpus)
+        # Ray runs workers 15 nice levels below the driver; here they are the measured computation
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        owned = ray_session.connect(address, num_cpus=num_cpus, num_gpus=num_gpus,
+                                    object_store_memory=200 * 1024**2)
         try:
             rows = []
             for problem in spec.workers["problems"] or spec.problems:
@@ -452,7 +435,7 @@ def run_scaling(spec: ScalingSpec, out_dir: str | os.PathLike, *, address: str |
                 rows += measure_workers(replace(spec, problem=problem), log)
         finally:
             if owned:
-                ray.shutdown()
+                ray_session.shutdown()
         written["workers"] = write_parquet_atomic(pd.DataFrame(rows), out / "workers.parquet",
                                                   metadata={**meta, "sqn_ray.versions": _versions()})
     if figures:
@@ -512,6 +495,8 @@ def _save(plt, fig, path: Path) -> Path:
 # ----------------------------------------------------------------------------------------- CLI
 def add_scaling_command(subparsers) -> argparse.ArgumentParser:
     """Add ``scaling`` to an argparse subparsers object (handler in ``handler``)."""
+    from .ray_session import add_connect_arguments
+
     p = subparsers.add_parser(
         "scaling", help="throughput vs batch size, and SG epoch vs S-LSR1 iteration vs workers -> Parquet",
         description="Measure the poster's distributed-computing figures from a scaling file (studies/scaling.yaml): "
@@ -519,9 +504,7 @@ def add_scaling_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("file", help="scaling file, e.g. studies/scaling.yaml")
     p.add_argument("--out", metavar="DIR", help="output folder (default: results/<name>)")
     p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides (seconds)")
-    p.add_argument("--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto')")
-    p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded Ray (default: all)")
-    p.add_argument("--num-gpus", type=int, metavar="N", help="GPUs of the embedded Ray (default: detected)")
+    add_connect_arguments(p)
     p.add_argument("--validate", action="store_true", help="check the file and stop")
     p.add_argument("--no-figures", action="store_true", help="write only the Parquet files")
     p.set_defaults(handler=cmd_scaling)

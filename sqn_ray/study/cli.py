@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..ray_session import add_connect_arguments
+
 __all__ = ["add_study_commands", "run_study_command"]
 
 
@@ -29,11 +31,9 @@ def add_study_commands(subparsers) -> argparse.ArgumentParser:
     run.add_argument("file", help="study file, e.g. studies/paper-toy.yaml")
     run.add_argument("--out", metavar="DIR", help="output folder (default: results/<study name>)")
     run.add_argument("--smoke", action="store_true", help="apply the study's smoke: overrides (seconds, for CI)")
-    run.add_argument("--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto', 'HOST:6379')")
+    add_connect_arguments(run)
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted study in DIR (finished trials are not rerun)")
-    run.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded Ray (default: all)")
-    run.add_argument("--num-gpus", type=int, metavar="N", help="GPUs of the embedded Ray (default: detected)")
     run.add_argument("--quiet", action="store_true", help="no live progress table")
 
     val = sub.add_parser("validate", help="check a study file without running it")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import ray
 from ray import tune
 
+from .. import ray_session
 from .progress import ProgressTable
 from .results import ResultStore, variant_label
 from .spec import Study
@@ -37,7 +37,6 @@ DEFAULT_OUT_ROOT = Path("results")
 STATE_FILE = ".study.json"
 TUNE_DIR = ".tune"
 EXPERIMENT = "study"
-_log = logging.getLogger(__name__)
 
 
 class StudyError(RuntimeError):
@@ -69,77 +68,43 @@ class StudyOutcome:
 
 # ------------------------------------------------------------------------------------------------ Ray
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-             object_store_memory: int = 128 * 1024**2) -> bool:
-    """Connect to Ray: the given address / RAY_ADDRESS, or an embedded local instance. Returns True if this
-    call connected (the caller then shuts down), False if Ray was already initialized (left alone)."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, **quiet)
-        return True
-    # A private, throwaway instance: token auth (on by default since Ray 2.59) only gets in the way here.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # address="local": always a new instance, even if `ray start` left a cluster running on this machine
-    os.environ.update(_tune_actor_env_vars())  # the workers inherit them (see _plain_tune_actors)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-             object_store_memory=object_store_memory, **quiet)
-    # No preload_python_modules: workers that import torch before registering are not idle when Tune asks
-    # for its actors, so Ray starts more workers, all importing torch at once (one actor ran whole studies).
-    # The log monitor streams worker output to the driver, which log_to_driver=False turns off; it would still
-    # poll the log folder ~1.5 % of a core, taken from the trials (workers keep writing their own log files).
-    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - pinned ray 2.60
-    try:
-        node.kill_log_monitor(check_alive=False)
-    except Exception:  # noqa: BLE001 - an optimisation only
-        _log.debug("could not stop Ray's log monitor", exc_info=True)
-    return True
+             object_store_memory: int = 128 * 1024**2) -> str | None:
+    """:func:`sqn_ray.ray_session.connect` for studies: ``"cluster"``, ``"embedded"`` (the caller then shuts
+    down) or None (Ray already initialized, left alone). An embedded instance's workers inherit Tune's actor
+    env vars, so that Tune's actors can do without them (see :func:`_plain_tune_actors`)."""
+    cache = _tune_class_cache()
+    return ray_session.connect(address, num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=object_store_memory,
+                               worker_env=dict(cache.DEFAULT_ENV_VARS) if cache else None)
 
 
-def shutdown_ray() -> None:
-    """``ray.shutdown()``, without its one-second stall on an embedded instance: Ray stops its processes one
-    by one, GCS before the autoscaler monitor, whose SIGTERM handler then tries to report to the dead GCS and
-    is killed only when its 1 s grace period runs out. The monitor holds no state worth a graceful exit here,
-    so it is killed first."""
-    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - pinned ray 2.60
-    if node is not None and node.is_head():
-        try:
-            node.kill_monitor(check_alive=False)
-        except Exception:  # noqa: BLE001 - the normal shutdown below still stops it
-            _log.debug("could not stop Ray's monitor early", exc_info=True)
-    ray.shutdown()
+shutdown_ray = ray_session.shutdown
 
 
-def _tune_actor_env_vars() -> dict[str, str]:
-    try:
-        from ray.tune.execution.class_cache import DEFAULT_ENV_VARS  # pinned ray 2.60
-    except ImportError:
-        return {}
-    return dict(DEFAULT_ENV_VARS)
-
-
-@contextlib.contextmanager
-def _plain_tune_actors():
-    """Tune gives every trainable actor a runtime env of constant env vars (``PL_DISABLE_FORK=1``, for
-    PyTorch Lightning). Any runtime env keeps the actor off the idle workers Ray started at ``ray.init``: it
-    waits ~1 s for a fresh worker set up through the runtime-env agent (two more processes importing Ray).
-    Those vars are in this process's environment, which an embedded Ray's workers inherit, so here Tune's
-    actors are created without them."""
+def _tune_class_cache():
     try:
         from ray.tune.execution import class_cache  # pinned ray 2.60
     except ImportError:
+        return None
+    return class_cache
+
+
+@contextlib.contextmanager
+def _plain_tune_actors(embedded: bool):
+    """Tune gives every trainable actor a runtime env of constant env vars (``PL_DISABLE_FORK=1``, for
+    PyTorch Lightning). Any runtime env keeps the actor off the idle workers Ray started at ``ray.init``: it
+    waits ~1 s for a fresh worker set up through the runtime-env agent (two more processes importing Ray).
+    The workers of an embedded instance inherit those vars (:func:`init_ray`), so there Tune's actors are
+    created without them; on a cluster Tune's env stays."""
+    cache = _tune_class_cache()
+    saved = dict(cache.DEFAULT_ENV_VARS) if cache else {}
+    if not embedded or not saved or any(os.environ.get(k) != v for k, v in saved.items()):
         yield
         return
-    saved = dict(class_cache.DEFAULT_ENV_VARS)
-    if any(os.environ.get(k) != v for k, v in saved.items()):
-        yield  # not inherited (e.g. a cluster started elsewhere): keep Tune's env
-        return
-    class_cache.DEFAULT_ENV_VARS.clear()
+    cache.DEFAULT_ENV_VARS.clear()
     try:
         yield
     finally:
-        class_cache.DEFAULT_ENV_VARS.update(saved)
+        cache.DEFAULT_ENV_VARS.update(saved)
 
 
 # -------------------------------------------------------------------------------------------- search
@@ -368,8 +333,7 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
                     checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
             )
         store.start_writer()
-        with _plain_tune_actors() if connected and not (address or os.environ.get("RAY_ADDRESS")) \
-                else contextlib.nullcontext():
+        with _plain_tune_actors(connected == "embedded"):
             tuner.fit()
     finally:
         store.stop_writer()
