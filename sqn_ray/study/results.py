@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import subprocess
 import threading
@@ -257,8 +256,7 @@ class _Trial:
     def n_rows(self) -> int:
         return self.table.num_rows if self.table is not None else self.n_live
 
-    def add(self, chunk: dict[str, list] | pa.Table) -> None:
-        table = chunk if isinstance(chunk, pa.Table) else record_table(chunk)
+    def add(self, table: pa.Table) -> None:
         if not table.num_rows:
             return
         self.chunks.append(table)
