@@ -15,19 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..linalg.lbfgs import bfgs_inverse_update, compact_inverse_from_gram, lbfgs_gamma
+from ..linalg.lbfgs import bfgs_inverse_update, compact_inverse_from_gram, gram_blocks, lbfgs_gamma
 from ..linalg.sr1 import CompactSR1, sr1_filter, sr1_gamma, sr1_update
 from ..linalg.trust_region import ReducedModel, reduce_compact, reduce_dense
 
 B0_CHOICES = ("zero", "gamma")
-
-
-def gram_blocks(S: torch.Tensor, Y: torch.Tensor, g: torch.Tensor):
-    """SᵀY, SᵀS, YᵀY, Sᵀg, Yᵀg in float64 from ONE product [S Y]ᵀ[S Y g] (the only d-sized work of a filter)."""
-    k = S.shape[1]
-    Z = torch.cat([S, Y, g[:, None]], dim=1)
-    gram = (Z[:, :2 * k].T @ Z).double().cpu().numpy()
-    return gram[:k, k:2 * k], gram[:k, :k], gram[k:, k:2 * k], gram[:k, -1], gram[k:, -1]
 
 
 def angle_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> np.ndarray:

@@ -39,14 +39,20 @@ def _solve_triangular(T: np.ndarray, b: np.ndarray, lower: bool) -> np.ndarray:
     return scipy.linalg.solve_triangular(T, b, lower=lower)
 
 
+def gram_blocks(S: torch.Tensor, Y: torch.Tensor, g: torch.Tensor):
+    """SᵀY, SᵀS, YᵀY, Sᵀg, Yᵀg in float64 from ONE product [S Y]ᵀ[S Y g] (the only d-sized work of a filter)."""
+    k = S.shape[1]
+    Z = torch.cat([S, Y, g[:, None]], dim=1)
+    gram = (Z[:, :2 * k].T @ Z).double().cpu().numpy()
+    return gram[:k, k:2 * k], gram[:k, :k], gram[k:, k:2 * k], gram[:k, -1], gram[k:, -1]
+
+
 def compact_inverse_apply(g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, gamma: float) -> torch.Tensor:
     """H g by the compact form (one Gram product, then 2k-dimensional float64 work)."""
-    k = S.shape[1]
-    if k == 0:
+    if S.shape[1] == 0:
         return gamma * g
-    Z = torch.cat([S, Y], dim=1)
-    gram = (Z.T @ torch.cat([Z, g[:, None]], dim=1)).double().cpu().numpy()
-    return compact_inverse_from_gram(g, Z, gram[:k, k:2 * k], gram[k:, k:2 * k], gram[:k, -1], gram[k:, -1], gamma)
+    SY, _, YY, Sg, Yg = gram_blocks(S, Y, g)
+    return compact_inverse_from_gram(g, torch.cat([S, Y], dim=1), SY, YY, Sg, Yg, gamma)
 
 
 def compact_inverse_from_gram(g: torch.Tensor, Z: torch.Tensor, SY: np.ndarray, YY: np.ndarray, Sg: np.ndarray,
