@@ -209,14 +209,14 @@ class AutogradOracle:
                 return _grads_vmap(self.fun, W)
             except Exception:  # noqa: BLE001 - fun not vmappable (control flow, .item(), in-place ops)
                 self.grads_backend = "loop"
-        return torch.stack([self.loss_and_grad(W[:, i])[1] for i in range(W.shape[1])], dim=1)
+        return grads_by_loop(self, W)
 
     def _probe_grads(self, W):
         try:
             _grads_vmap(self.fun, W[:, :2])
         except Exception:  # noqa: BLE001 - not vmappable: loop is the only choice
             return "loop"
-        loop = lambda: torch.stack([self.loss_and_grad(W[:, i])[1] for i in range(W.shape[1])], 1)  # noqa: E731
+        loop = lambda: grads_by_loop(self, W)  # noqa: E731
         return _fastest({"vmap": lambda: _grads_vmap(self.fun, W), "loop": loop}, self.device)
 
 
@@ -227,6 +227,12 @@ def _hvps_with(backend: str, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) 
         return HV.T
     cols = [torch.autograd.grad(g, x, grad_outputs=V[:, i], retain_graph=True)[0] for i in range(V.shape[1])]
     return torch.stack(cols, dim=1)
+
+
+def grads_by_loop(oracle, W: torch.Tensor) -> torch.Tensor:
+    """∇F at each column of W, one ``loss_and_grad`` call per column (Option I for oracles without a
+    batched gradient)."""
+    return torch.stack([oracle.loss_and_grad(W[:, i])[1] for i in range(W.shape[1])], dim=1)
 
 
 def _grads_vmap(fun, W):

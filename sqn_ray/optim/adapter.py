@@ -20,8 +20,9 @@ import time
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from ..objective import Objective
+from ..objective import Objective, grads_by_loop
 from .methods import StepMethod
+from .minimize import make_record
 from .registry import get_method
 
 
@@ -69,7 +70,7 @@ class ClosureOracle:
         return torch.stack(cols, dim=1)
 
     def grads(self, W):
-        return torch.stack([self.loss_and_grad(W[:, i])[1] for i in range(W.shape[1])], dim=1)
+        return grads_by_loop(self, W)
 
 
 class SQNOptimizer(torch.optim.Optimizer):
@@ -98,9 +99,8 @@ class SQNOptimizer(torch.optim.Optimizer):
 
     def _record(self, fields):
         s = self._state
-        self.history.append({"iteration": s.iteration, "loss": s.f, "grad_norm": float(s.g.norm()),
-                             **self._objective.counters.snapshot(), **fields,
-                             "wall_time": time.perf_counter() - self._t0})
+        self.history.append(make_record(s.iteration, s.f, float(s.g.norm()), self._objective.counters, fields,
+                                        self._t0))
 
     def step(self, closure):
         if closure is None:
@@ -117,7 +117,7 @@ class SQNOptimizer(torch.optim.Optimizer):
         elif not torch.equal(w, self._state.w):
             raise RuntimeError("the parameters were changed outside SQNOptimizer.step; quasi-Newton state would be stale")
         self._state, fields = self._runner.step(self._objective, self._state)
-        self._record({k: v for k, v in fields.items() if k != "stalled"})
+        self._record(fields)
         with torch.no_grad():
             vector_to_parameters(self._state.w, self._params)
         return torch.tensor(self._state.f) if math.isfinite(self._state.f) else torch.tensor(math.nan)

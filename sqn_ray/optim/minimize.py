@@ -40,6 +40,13 @@ class MinimizeResult:
         return int(self.history["iteration"].iloc[-1]) if len(self.history) else 0
 
 
+def make_record(iteration: int, loss: float, grad_norm: float, counters, fields: dict, start: float) -> dict:
+    """One iterate's record: identity, loss, gradient norm, the counters, the step's fields (not its internal
+    ``stalled`` flag) and the wall time since ``start`` (a perf_counter reading)."""
+    return {"iteration": iteration, "loss": loss, "grad_norm": grad_norm, **counters.snapshot(),
+            **{k: v for k, v in fields.items() if k != "stalled"}, "wall_time": time.perf_counter() - start}
+
+
 def as_objective(fun, w0: torch.Tensor, *, hvp_backend: str = "auto", grads_backend: str = "auto") -> Objective:
     """An :class:`Objective` for a callable, an Oracle (has ``loss_and_grad``) or an Objective (fresh counters)."""
     if isinstance(fun, Objective):
@@ -111,8 +118,7 @@ def minimize(fun, w0: torch.Tensor, method: str = "s-lsr1", *, max_iters: int = 
     def emit(w, f, g, fields):
         f = float(f)
         grad_norm = float(g.norm())
-        record = {"iteration": len(records), "loss": f, "grad_norm": grad_norm, **objective.counters.snapshot(),
-                  **{k: v for k, v in fields.items() if k != "stalled"}, "wall_time": time.perf_counter() - start}
+        record = make_record(len(records), f, grad_norm, objective.counters, fields, start)
         records.append(record)
         last.update(x=w, loss=f)
         if not (math.isfinite(f) and math.isfinite(grad_norm)):
