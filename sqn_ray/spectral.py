@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .curvature.models import angle_filter, gram_blocks
-from .curvature.sampling import sample_pairs, sample_steps
-from .linalg.lbfgs import dense_lbfgs_inverse, lbfgs_gamma
+from .curvature.models import gram_blocks, lbfgs_selection
+from .curvature.sources import SampledPairs
+from .linalg.lbfgs import dense_lbfgs_inverse
 from .linalg.sr1 import CompactSR1, dense_sr1, sr1_filter, sr1_gamma
 from .objective import Objective
 
@@ -31,11 +31,11 @@ def dense_hessian(oracle, w: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 def sampled_pairs_at(oracle, w: torch.Tensor, *, memory: int = 10, radius: float = 1.0, sampling: str = "hvp",
                      seed: int = 0, normalize: bool = False):
+    """The (S, Y) pairs a sampled method draws at ``w`` (the same source its iterations use)."""
     objective = Objective(oracle)
-    S = sample_steps(w.numel(), memory, radius, generator=torch.Generator().manual_seed(seed), directions=None,
-                     normalize=normalize, dtype=w.dtype, device=w.device)
+    source = SampledPairs(memory, radius, sampling, normalize, torch.Generator().manual_seed(seed))
     g = objective.value_and_grad(w)[1] if sampling == "grad-diff" else None
-    return S, sample_pairs(objective, w, g, S, sampling)
+    return source.pairs(objective, w, g)
 
 
 def path_pairs(iterates: torch.Tensor, gradients: torch.Tensor, memory: int | None = None):
@@ -65,12 +65,10 @@ def model_matrix(kind: str, S: torch.Tensor, Y: torch.Tensor, *, eps: float = 1e
         gamma = 0.0 if kind == "s-lsr1" else sr1_gamma(SY, SS)
         keep = sr1_filter(SY, SS, YY, gamma, eps).kept
         return CompactSR1.from_pairs(S[:, keep], Y[:, keep], gamma).dense()
-    keep = angle_filter(SY, SS, YY, eps)
+    keep, gamma = lbfgs_selection(SY, SS, YY, eps)
     if keep.size == 0:
         return torch.eye(d, dtype=torch.float64)
-    Sk, Yk = S[:, keep], Y[:, keep]
-    gamma = lbfgs_gamma(float(SY[keep[-1], keep[-1]]), float(YY[keep[-1], keep[-1]]))
-    H = dense_lbfgs_inverse(Sk, Yk, gamma)  # "bfgs" = all pairs kept, i.e. unlimited memory
+    H = dense_lbfgs_inverse(S[:, keep], Y[:, keep], gamma)  # "bfgs" = all pairs kept, i.e. unlimited memory
     return torch.linalg.inv(H)
 
 

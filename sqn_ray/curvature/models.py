@@ -29,6 +29,14 @@ def angle_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> 
         return np.flatnonzero(sy > eps * np.sqrt(np.clip(np.diag(SS), 0, None) * np.clip(np.diag(YY), 0, None)))
 
 
+def lbfgs_selection(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """The pairs L-BFGS keeps (condition (1)) and its H0 = γI scale from the last kept pair (γ = 1 if none)."""
+    keep = angle_filter(SY, SS, YY, eps)
+    if keep.size == 0:
+        return keep, 1.0
+    return keep, lbfgs_gamma(float(SY[keep[-1], keep[-1]]), float(YY[keep[-1], keep[-1]]))
+
+
 @dataclass
 class LBFGSInverse:
     """p = −H g, H the L-BFGS inverse from the kept pairs, H0 = γI with γ from the last kept pair."""
@@ -39,11 +47,10 @@ class LBFGSInverse:
         k = S.shape[1]
         if k:
             SY, SS, YY, Sg, Yg = gram_blocks(S, Y, g)
-            keep = angle_filter(SY, SS, YY, self.eps)
+            keep, gamma = lbfgs_selection(SY, SS, YY, self.eps)
         if not k or keep.size == 0:
             return -g, {"pairs_kept": 0, "identity_fallback": True}
         SY, YY, Sg, Yg = SY[np.ix_(keep, keep)], YY[np.ix_(keep, keep)], Sg[keep], Yg[keep]
-        gamma = lbfgs_gamma(SY[-1, -1], YY[-1, -1])
         idx = torch.as_tensor(keep, device=g.device)
         Z = torch.cat([S.index_select(1, idx), Y.index_select(1, idx)], dim=1)
         Hg = compact_inverse_from_gram(g, Z, SY, YY, Sg, Yg, gamma)
