@@ -102,11 +102,7 @@ def _focus(study: Study) -> tuple[Study, list[str], str]:
     configs, note = _select_configs(study)
     if not note:
         return study, configs, ""
-    keep = set(configs)
-    view = Study(study.path, study.iterations[study.iterations["config"].isin(keep)],
-                 study.trials[study.trials["config"].isin(keep)], study.eigen, study.metadata, study.options,
-                 study.sources)
-    return view, configs, note
+    return study.of(configs, column="config"), configs, note
 
 
 def _no_data(title: str, reason: str) -> Figure:

@@ -174,11 +174,12 @@ class Study:
     def running(self) -> int:
         return int((self.trials["status"] == "running").sum())
 
-    def of(self, methods) -> "Study":
-        """The same study restricted to some methods (a view for figures that compare a subset)."""
-        methods = [methods] if isinstance(methods, str) else list(methods)
-        return Study(self.path, self.iterations[self.iterations["method"].isin(methods)],
-                     self.trials[self.trials["method"].isin(methods)], self.eigen, self.metadata, self.options,
+    def of(self, values, column: str = "method") -> "Study":
+        """The same study restricted to some methods (or values of another ``column``, e.g. ``config``): a
+        view for figures that compare a subset."""
+        values = [values] if isinstance(values, str) else list(values)
+        return Study(self.path, self.iterations[self.iterations[column].isin(values)],
+                     self.trials[self.trials[column].isin(values)], self.eigen, self.metadata, self.options,
                      self.sources)
 
 
@@ -270,12 +271,12 @@ def load_study(path: str | Path, *, eigen: str | Path | None = None) -> Study:
             raise ValueError(f"{it_path}: missing column {c!r}; not a study's iterations file")
     options = _option_columns(trials, iterations)
 
-    derived = _derive_trials(iterations, options) if len(iterations) else pd.DataFrame()
     if len(trials.columns) == 0:
-        trials = derived
-    elif len(derived):
-        missing = derived[~derived["trial_id"].isin(trials["trial_id"])]
-        if len(missing):  # rows of trials the trials file does not list yet (a study being written)
+        trials = _derive_trials(iterations, options) if len(iterations) else pd.DataFrame()
+    else:  # summaries only for trials the trials file does not list yet (a study being written)
+        unlisted = iterations[~iterations["trial_id"].isin(trials["trial_id"])]
+        if len(unlisted):
+            missing = _derive_trials(unlisted, options)
             trials = pd.concat([trials, missing.assign(status="running")], ignore_index=True)
     if len(trials) == 0:
         raise ValueError(f"{path}: the study has no trials yet")
