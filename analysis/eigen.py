@@ -24,16 +24,16 @@ Everything is deterministic for a given seed: rerunning gives the same file.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from .load import LN2
+
 __all__ = ["trajectory", "choose_points", "eigen_frame", "write_eigen", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("results") / "eigen" / "eigen.parquet"
-LN2 = math.log(2.0)
 SAMPLED_KINDS = ("s-lsr1", "s-lbfgs")
 PATH_KINDS = {"lsr1": True, "lbfgs": True, "sr1": False, "bfgs": False}  # kind -> limited to the last m pairs
 
@@ -111,12 +111,9 @@ def eigen_frame(problem_name: str = "toy-small", seed: int = 0, *, memory: int =
         from sqn_ray.problems import PROBLEMS
 
         raise ValueError(f"unknown problem {problem_name!r}; valid names: {', '.join(PROBLEMS)}")
-    if memory < 1:
-        raise ValueError(f"memory must be >= 1, got {memory}")
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
-    if sampling not in ("hvp", "grad-diff"):
-        raise ValueError(f"sampling must be 'hvp' (Option II) or 'grad-diff' (Option I), got {sampling!r}")
+    from sqn_ray import validate_options
+
+    validate_options("s-lsr1", memory=memory, radius=radius, sampling=sampling)  # the registry's own checks
     pair_seed = seed if pair_seed is None else pair_seed
     t0 = time.perf_counter()
     problem = get_problem(problem_name, dtype=torch.float64)
