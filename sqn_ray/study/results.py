@@ -285,7 +285,7 @@ class ResultStore:
     rewrites ``iterations.parquet`` and ``trials.parquet`` (throttled unless forced) for the trials Tune knows.
     """
 
-    def __init__(self, out_dir: str | Path, study, *, min_flush_interval: float = 5.0):
+    def __init__(self, out_dir: str | Path, study, *, min_flush_interval: float = 2.0):
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS
         self.parts_dir.mkdir(parents=True, exist_ok=True)
