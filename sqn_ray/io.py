@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 
-def write_table_atomic(table, path: str | os.PathLike, *, compression: str = "zstd") -> Path:
-    """Write a pyarrow Table so that readers see either the old file or the new one, never half of one."""
+def write_table_atomic(table, path: str | os.PathLike, *, compression: str = "zstd", **options) -> Path:
+    """Write a pyarrow Table so that readers see either the old file or the new one, never half of one.
+    ``options``: further ``pyarrow.parquet.write_table`` arguments."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -18,7 +19,7 @@ def write_table_atomic(table, path: str | os.PathLike, *, compression: str = "zs
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression=compression)
+        pq.write_table(table, tmp, compression=compression, **options)
         os.replace(tmp, path)  # atomic on POSIX
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
