@@ -279,7 +279,8 @@ class _Trial:
 
 
 def _live_encoding(table: pa.Table) -> dict:
-    """Parquet options for the live rewrites of a growing file (see :meth:`ResultStore.flush`)."""
+    """Parquet options for files written for speed rather than size: the live rewrites of a growing file
+    (see :meth:`ResultStore.flush`) and the trials' part files."""
     text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     return {"compression": "lz4", "use_dictionary": text}
 
@@ -387,7 +388,8 @@ class ResultStore:
             t.finished = True
             meta = {"trial_id": trial_id, "cell": t.cell, "summary": t.summary, "info": t.info}
             part = t.table.replace_schema_metadata({b"sqn_ray.trial": json.dumps(meta, default=str).encode()})
-            write_table_atomic(part, self.parts_dir / f"{trial_id}.parquet")
+            # the part file is read back only to resume a study: written fast, on Tune's event loop
+            write_table_atomic(part, self.parts_dir / f"{trial_id}.parquet", **_live_encoding(part))
             self._dirty = True
 
     def is_finished(self, trial_id: str) -> bool:
