@@ -20,15 +20,18 @@ import time
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from ..objective import Objective, grads_by_loop
+from ..objective import HVP_BACKENDS, Objective, _fastest, grads_by_loop
 from .methods import StepMethod
 from .minimize import make_record
 from .registry import get_method
 
 
 class ClosureOracle:
-    def __init__(self, params: list[torch.Tensor], closure):
+    def __init__(self, params: list[torch.Tensor], closure, *, hvp_backend: str = "auto"):
+        if hvp_backend not in HVP_BACKENDS:
+            raise ValueError(f"hvp_backend={hvp_backend!r} is not one of {HVP_BACKENDS}")
         self.params, self.closure = params, closure
+        self.hvp_backend = hvp_backend
         self.dim = sum(p.numel() for p in params)
         self.dtype, self.device = params[0].dtype, params[0].device
 
@@ -62,12 +65,38 @@ class ClosureOracle:
                              "(the optimizer differentiates it twice itself)")
         grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
         g = torch.cat([x.reshape(-1) for x in grads])
+        if self.hvp_backend == "auto":
+            self.hvp_backend = self._probe_hvp(g, V)
+        if self.hvp_backend == "batched":
+            try:
+                return self._hvps_batched(g, V)
+            except RuntimeError:  # an op of the model without a batching rule: one pass per vector from now on
+                self.hvp_backend = "loop"
+        return self._hvps_loop(g, V)
+
+    def _hvps_batched(self, g, V):
+        """All m products in one vmapped backward pass through the closure's graph."""
+        hv = torch.autograd.grad(g, self.params, grad_outputs=V.T.contiguous(), retain_graph=True,
+                                 allow_unused=True, materialize_grads=True, is_grads_batched=True)
+        return torch.cat([x.reshape(V.shape[1], -1) for x in hv], dim=1).T
+
+    def _hvps_loop(self, g, V):
         cols = []
         for i in range(V.shape[1]):
             hv = torch.autograd.grad(g, self.params, grad_outputs=V[:, i], retain_graph=True, allow_unused=True,
                                      materialize_grads=True)
             cols.append(torch.cat([x.reshape(-1) for x in hv]))
         return torch.stack(cols, dim=1)
+
+    def _probe_hvp(self, g, V) -> str:
+        """The faster HVP backend for this model, timed once on the first call (as AutogradOracle does):
+        batching wins when per-pass overhead dominates (small models, GPUs), the loop on big CPU models."""
+        try:
+            self._hvps_batched(g, V[:, :2])
+        except RuntimeError:
+            return "loop"
+        return _fastest({"batched": lambda: self._hvps_batched(g, V), "loop": lambda: self._hvps_loop(g, V)},
+                        self.device)
 
     def grads(self, W):
         return grads_by_loop(self, W)
@@ -76,7 +105,11 @@ class ClosureOracle:
 class SQNOptimizer(torch.optim.Optimizer):
     """Any step-based registered method (not the external anchors) as a closure-driven optimizer."""
 
-    def __init__(self, params, method: str = "s-lsr1", **options):
+    def __init__(self, params, method: str = "s-lsr1", *, hvp_backend: str = "auto", **options):
+        """``hvp_backend`` (Option II): ``"batched"`` (one vmapped backward pass for all m products),
+        ``"loop"`` (one pass each) or ``"auto"`` (the faster, timed on the first call), as in ``minimize``."""
+        if hvp_backend not in HVP_BACKENDS:
+            raise ValueError(f"hvp_backend={hvp_backend!r} is not one of {HVP_BACKENDS}")
         spec = get_method(method)
         opts = spec.validate(options)
         super().__init__(params, {})
@@ -89,6 +122,7 @@ class SQNOptimizer(torch.optim.Optimizer):
             raise ValueError(f"method {method!r} drives its own loop and cannot be used step by step; "
                              f"use sqn_ray.minimize(..., method={method!r}) instead")
         self._state = None
+        self._hvp_backend = hvp_backend
         self.method = method
         self.history: list[dict] = []
         self._t0 = time.perf_counter()
@@ -106,7 +140,7 @@ class SQNOptimizer(torch.optim.Optimizer):
         if closure is None:
             raise ValueError("SQNOptimizer.step needs a closure that returns the loss")
         if self._objective is None:
-            self._objective = Objective(ClosureOracle(self._params, closure))
+            self._objective = Objective(ClosureOracle(self._params, closure, hvp_backend=self._hvp_backend))
         else:
             self._objective.oracle.closure = closure
         with torch.no_grad():
@@ -120,4 +154,5 @@ class SQNOptimizer(torch.optim.Optimizer):
         self._record(fields)
         with torch.no_grad():
             vector_to_parameters(self._state.w, self._params)
-        return torch.tensor(self._state.f) if math.isfinite(self._state.f) else torch.tensor(math.nan)
+        # the loss in the parameters' dtype (a bare torch.tensor(float) would round a float64 loss to float32)
+        return torch.tensor(self._state.f if math.isfinite(self._state.f) else math.nan, dtype=self._objective.dtype)
