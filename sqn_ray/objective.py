@@ -197,7 +197,7 @@ class AutogradOracle:
     def _probe_hvp(self, x, g, m):
         V = torch.randn(self.dim, max(m, 2), dtype=self.dtype, device=self.device,
                         generator=torch.Generator(device=self.device).manual_seed(0))
-        return _fastest({b: (lambda b=b: _hvps_with(b, x, g, V)) for b in ("batched", "loop")}, self.device)
+        return fastest_backend({b: (lambda b=b: _hvps_with(b, x, g, V)) for b in ("batched", "loop")}, self.device)
 
     # -- Option I ----------------------------------------------------------------------------------
     def grads(self, W):
@@ -217,7 +217,7 @@ class AutogradOracle:
         except Exception:  # noqa: BLE001 - not vmappable: loop is the only choice
             return "loop"
         loop = lambda: grads_by_loop(self, W)  # noqa: E731
-        return _fastest({"vmap": lambda: _grads_vmap(self.fun, W), "loop": loop}, self.device)
+        return fastest_backend({"vmap": lambda: _grads_vmap(self.fun, W), "loop": loop}, self.device)
 
 
 def _hvps_with(backend: str, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def _grads_vmap(fun, W):
     return torch.func.vmap(grad_fn, in_dims=1, out_dims=1)(W)
 
 
-def _fastest(candidates: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int = 3) -> str:
+def fastest_backend(candidates: dict[str, Callable[[], torch.Tensor]], device: torch.device, repeats: int = 3) -> str:
     """Name of the candidate with the smallest median time (a warm-up call first, synchronised on GPU)."""
     def timed(fn):
         fn()

@@ -20,7 +20,7 @@ import time
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from ..objective import HVP_BACKENDS, Objective, _fastest, grads_by_loop
+from ..objective import HVP_BACKENDS, Objective, fastest_backend, grads_by_loop
 from .methods import StepMethod
 from .minimize import make_record
 from .registry import get_method
@@ -95,8 +95,8 @@ class ClosureOracle:
             self._hvps_batched(g, V[:, :2])
         except RuntimeError:
             return "loop"
-        return _fastest({"batched": lambda: self._hvps_batched(g, V), "loop": lambda: self._hvps_loop(g, V)},
-                        self.device)
+        return fastest_backend({"batched": lambda: self._hvps_batched(g, V), "loop": lambda: self._hvps_loop(g, V)},
+                               self.device)
 
     def grads(self, W):
         return grads_by_loop(self, W)
@@ -155,4 +155,5 @@ class SQNOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             vector_to_parameters(self._state.w, self._params)
         # the loss in the parameters' dtype (a bare torch.tensor(float) would round a float64 loss to float32)
-        return torch.tensor(self._state.f if math.isfinite(self._state.f) else math.nan, dtype=self._objective.dtype)
+        f = self._state.f if math.isfinite(self._state.f) else math.nan
+        return torch.tensor(f, dtype=self._objective.dtype)
