@@ -60,6 +60,7 @@ OPTIMIZER_COLUMNS = {
     "step_norm": pa.float64(), "identity_fallback": pa.bool_(), "rho": pa.float64(), "inner_iters": pa.int64(),
     "t_pairs": pa.float64(), "t_model": pa.float64(), "t_search": pa.float64(), "t_grad": pa.float64(),
 }
+_TYPED_COLUMNS = {**OPTIMIZER_COLUMNS, **RECORD_COLUMNS}  # what record_table types without looking
 TRIAL_COLUMNS = {
     "status": pa.string(), "stop_reason": pa.string(), "error": pa.string(), "optimizer_status": pa.string(),
     "message": pa.string(), "final_loss": pa.float64(), "best_loss": pa.float64(),
@@ -209,8 +210,7 @@ def _constant(value, typ: pa.DataType, n: int) -> pa.Array:
 def record_table(chunk: dict[str, list]) -> pa.Table:
     """A trial's column chunk as an Arrow table: record columns typed, other columns inferred."""
     n = max((len(v) for v in chunk.values()), default=0)
-    types = {**OPTIMIZER_COLUMNS, **RECORD_COLUMNS}
-    return pa.table({k: _column(list(v) + [None] * (n - len(v)), types.get(k)) for k, v in chunk.items()})
+    return pa.table({k: _column(list(v) + [None] * (n - len(v)), _TYPED_COLUMNS.get(k)) for k, v in chunk.items()})
 
 
 def _set_last(table: pa.Table, values: dict[str, Any]) -> pa.Table:
