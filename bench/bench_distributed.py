@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray runs worker processes 15 nice levels below the driver by default; here they ARE the computation, so give
 # them the driver's priority (otherwise any other process on the machine starves the 2-worker configuration)
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -91,8 +90,9 @@ def main(argv=None) -> int:
     # of one thread per core its thread pool would spin on the very cores the two workers compute on.
     torch.set_num_threads(1)
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    ray.init(address="local", num_cpus=3, include_dashboard=False, object_store_memory=200 * 1024**2,
-             log_to_driver=False)
+    from sqn_ray import ray_session
+
+    ray_session.connect(num_cpus=3, object_store_memory=200 * 1024**2)  # embedded: loopback, token auth
     try:
         dps = {k: DataParallelOracle(builder, k, cpus_per_worker=1, threads_per_worker=1) for k in (1, 2)}
         from sqn_ray.problems.mnist import lecun_init
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         for dp in dps.values():
             dp.close()
     finally:
-        ray.shutdown()
+        ray_session.shutdown()
     return 0
 
 

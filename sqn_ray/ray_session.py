@@ -2,6 +2,12 @@
 
 :func:`connect` joins a cluster (``address`` or RAY_ADDRESS) or starts a private embedded instance;
 :func:`shutdown` stops what :func:`connect` started. Importing this module does not import Ray Tune.
+
+An embedded instance is private to this machine and to this user: every server of it (GCS, raylet, object
+manager, workers, runtime-env agent) listens on the loopback interface only, and Ray's token authentication is
+on (the token lives in ``~/.ray/auth_token``, created readable by its owner only when missing). A user who
+really wants it off sets ``RAY_AUTH_MODE=disabled`` and gets Ray's own warning. Joining a cluster changes
+neither: the cluster's address and auth settings are the cluster's.
 """
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["connect", "shutdown", "add_connect_arguments"]
+__all__ = ["connect", "shutdown", "add_connect_arguments", "embedded_auth", "loopback_only", "LOOPBACK"]
 
 _log = logging.getLogger(__name__)
 _ROOT = str(Path(__file__).resolve().parents[1])
+LOOPBACK = "127.0.0.1"
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -36,15 +44,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     if address:
         ray.init(address=address, **quiet)
         return "cluster"
-    # A private, throwaway instance: token auth (on by default since Ray 2.59) only gets in the way here.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    embedded_auth()
     os.environ.update(worker_env or {})
     # address="local": always a new instance, even if `ray start` left a cluster running on this machine.
     # No preload_python_modules: workers that import torch before registering are not idle when Tune asks
     # for its actors, so Ray starts more workers, all importing torch at once (one actor ran whole studies).
-    with _prompt_node_registration():
+    with loopback_only(), _prompt_node_registration():
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus, include_dashboard=False,
-                 object_store_memory=object_store_memory, **quiet)
+                 object_store_memory=object_store_memory, _node_ip_address=LOOPBACK, **quiet)
     # The log monitor streams worker output to the driver, which log_to_driver=False turns off; it would still
     # poll the log folder ~1.5 % of a core, taken from the work (workers keep writing their own log files).
     try:
@@ -52,6 +59,73 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     except Exception:  # noqa: BLE001 - an optimisation only
         _log.debug("could not stop Ray's log monitor", exc_info=True)
     return "embedded"
+
+
+def embedded_auth() -> str:
+    """Token auth for an embedded instance unless the user turned it off; returns the mode.
+
+    The mode is set explicitly (``RAY_AUTH_MODE=token`` for this process and the instance it starts), so Ray
+    neither repeats its "enabled by default" warning at every study nor ever falls back to no auth. A missing
+    token is created here, readable by its owner only (Ray would write it with the default umask, 0644: any
+    local user could read it and join). An explicit ``RAY_AUTH_MODE=disabled`` is honoured with Ray's own
+    warning, which Ray itself stays silent about when the mode is set explicitly."""
+    mode = os.environ.get(AUTH_MODE_VAR)
+    if mode is not None and mode.lower() == "disabled":
+        try:
+            from ray._private.authentication.authentication_token_setup import (  # pinned ray 2.60
+                _warn_token_auth_disabled,
+            )
+
+            _warn_token_auth_disabled()
+        except ImportError:
+            _log.warning("%s=disabled: token authentication is off for this Ray instance", AUTH_MODE_VAR)
+        return "disabled"
+    os.environ[AUTH_MODE_VAR] = "token"
+    try:
+        from ray._private.authentication.authentication_token_generator import (  # pinned ray 2.60
+            generate_new_authentication_token,
+        )
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")  # Ray caches its config at import: let it see the mode set above
+        loader = AuthenticationTokenLoader.instance()
+        if not loader.has_token(ignore_auth_mode=True):
+            _write_private_token(Path.home() / ".ray" / "auth_token", generate_new_authentication_token())
+            loader.reset_cache()
+    except ImportError:  # another Ray: its ray.init creates the token itself
+        _log.debug("Ray's token helpers not found; Ray creates the token", exc_info=True)
+    return "token"
+
+
+def _write_private_token(path: Path, token: str) -> None:
+    """Create ``path`` holding ``token``, mode 0600 in a 0700 folder (never replacing an existing token)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Make ``ray.init`` keep its node on the loopback address.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough on Linux: Ray turns a loopback address into
+    the machine's routable one (``services.resolve_ip_for_localhost``) unless "Ray clusters" are disabled, as
+    they are on macOS and Windows; with the node's address left at 127.0.0.1, the GCS, raylet and workers bind
+    their servers to loopback instead of to every interface. The switch is Ray's own constant, turned off only
+    while this instance starts (a later ``ray.init(address=...)`` to a real cluster in this process must
+    resolve its own address as usual)."""
+    try:
+        from ray._private import ray_constants  # pinned ray 2.60
+    except ImportError:
+        yield
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextlib.contextmanager

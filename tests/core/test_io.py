@@ -1,6 +1,8 @@
 """sqn_ray.io: atomic writes (readers see the old file or the whole new one) and Parquet metadata."""
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -32,3 +34,16 @@ def test_parquet_metadata_round_trip(tmp_path):
     assert pd.read_parquet(path)["x"].tolist() == [1.0, 2.0]
     assert read_parquet_metadata(path) == {"sqn_ray.spec": {"m": 5}, "sqn_ray.note": "plain text"}
     assert read_parquet_metadata(path, prefix="sqn_ray.spec") == {"sqn_ray.spec": {"m": 5}}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_get_the_usual_permissions(tmp_path, umask):
+    """0666 less the umask, as any new file (a team on a shared results disk reads them), not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        path = write_bytes_atomic(tmp_path / "data.bin", b"x")
+        table = write_parquet_atomic(pd.DataFrame({"x": [1.0]}), tmp_path / "f.parquet")
+    finally:
+        os.umask(old)
+    for p in (path, table):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,19 +1,16 @@
 """Fixtures of the data-parallel tests.
 
-``ray_local`` starts ONE private local Ray (2 CPUs, no dashboard, 100 MB object store, token auth off) for the
+``ray_local`` starts ONE private local Ray (2 CPUs, no dashboard, 100 MB object store; loopback only and token
+auth on, as every embedded Ray of the platform: :func:`sqn_ray.ray_session.connect`) for the
 module that needs it and shuts it down after it. All Ray tests live in ``test_ray_oracle.py``, so the suite
 starts Ray once here; module scope (rather than session) leaves Ray down again before other test folders
 (tests/study) start their own cluster. If Ray is already initialized it is reused and left alone.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray is imported anywhere
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +20,10 @@ def ray_local():
     if ray.is_initialized():
         yield ray
         return
-    # worker processes inherit this environment: let them import sqn_ray from this checkout
-    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(address="local", include_dashboard=False, num_cpus=2, object_store_memory=100_000_000,
-             log_to_driver=False)
+    from sqn_ray import ray_session
+
+    ray_session.connect(num_cpus=2, object_store_memory=100_000_000)  # workers import sqn_ray from this checkout
     try:
         yield ray
     finally:
-        ray.shutdown()
+        ray_session.shutdown()

@@ -14,9 +14,6 @@ from pathlib import Path
 
 import pytest
 
-# before Ray is imported anywhere: this private test cluster needs no token auth
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "studies"
 
@@ -26,10 +23,17 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 100 * 1024**2})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * 1024**2) for _ in range(2)]
-    cluster.wait_for_nodes()
+    from sqn_ray import ray_session
+
+    # as safe as an embedded study's Ray: loopback only, token auth on (drivers started by the tests inherit
+    # RAY_AUTH_MODE=token and read the token from ~/.ray/auth_token)
+    ray_session.embedded_auth()
+    with ray_session.loopback_only():
+        node = {"node_ip_address": ray_session.LOOPBACK, "object_store_memory": 100 * 1024**2}
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
+                                                                "include_dashboard": False, **node})
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1, **node) for _ in range(2)]
+        cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.worker_node_ids = {w.node_id for w in workers}
     yield cluster
@@ -39,10 +43,9 @@ def ray_cluster():
 
 @pytest.fixture
 def subprocess_env():
-    """Environment for a driver subprocess: this checkout importable, no token auth."""
+    """Environment for a driver subprocess: this checkout importable, Ray's auth settings as a user has them."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["RAY_AUTH_MODE"] = "disabled"
     env.pop("RAY_ADDRESS", None)
     return env
 
