@@ -17,6 +17,7 @@ Importing this package needs neither Ray nor scikit-learn (the breast-cancer dat
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -110,6 +111,18 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
     return _toy_problem(name, name.removeprefix("toy-"), dtype, device)
 
 
-__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "Problem", "get_problem", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
+def problem_dim(name: str) -> int | None:
+    """d of the problem ``name`` without building it (no data is loaded), or None where only building it
+    tells (``logistic``: d follows from its data set)."""
+    if name.startswith("toy-") and name.removeprefix("toy-") in TOY_SIZES:
+        return param_count(TOY_SIZES[name.removeprefix("toy-")])
+    if name in MNIST_PROBLEMS:
+        from .mnist import _param_shapes, parse_mnist_name
+
+        return sum(math.prod(shape) for shape in _param_shapes(parse_mnist_name(name)[1]))
+    return None
+
+
+__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

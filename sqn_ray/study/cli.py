@@ -82,6 +82,9 @@ def run_study_command(args) -> int:
         study = load_study(args.file, smoke=args.smoke)
         if cmd == "validate":
             print(_describe(study))
+            if not args.smoke:  # the --smoke version too: a broken smoke: block should not wait for CI to show
+                smoke = load_study(args.file, smoke=True)
+                print(f"  --smoke: {smoke.num_trials} trials")
             return 0
         from .runner import StudyError, run_study
 

@@ -1,8 +1,9 @@
 """Run a validated :class:`~sqn_ray.study.spec.Study` on Ray Tune and write its Parquet results.
 
 :func:`run_study` is what ``sqn-ray study run`` calls. Without an address it starts an embedded local Ray
-(no dashboard, a small object store, token auth off for this private instance) and stops it at the end; with
-``address`` (or RAY_ADDRESS) it joins an existing cluster and only disconnects. Trials run through
+(no dashboard, a small object store, reachable on loopback only and with token auth: see
+:mod:`sqn_ray.ray_session`) and stops it at the end; with ``address`` (or RAY_ADDRESS) it joins an existing
+cluster and only disconnects. Trials run through
 ``ray.tune.Tuner``: a grid (or random/Optuna search, optionally ASHA) over :class:`StudyTrainable` actors
 sized by the study's resources, actors reused across trials. Results stream into ``DIR/iterations.parquet``
 and ``DIR/trials.parquet`` (:mod:`sqn_ray.study.results`); Tune's own state lives in ``DIR/.tune`` and lets
@@ -28,6 +29,7 @@ from ray import tune
 from .. import ray_session
 from .progress import ProgressTable
 from .results import ResultStore, variant_label
+from .search import OptunaSpace, pending_trials, search_setup  # noqa: F401 - OptunaSpace: its old home
 from .spec import Study
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
@@ -107,64 +109,6 @@ def _plain_tune_actors(embedded: bool):
         cache.DEFAULT_ENV_VARS.update(saved)
 
 
-# -------------------------------------------------------------------------------------------- search
-class OptunaSpace:
-    """Define-by-run Optuna space: method (categorical if several), then only that method's options."""
-
-    def __init__(self, study: Study):
-        self.problem = study.problems[0]
-        self.methods = {m: dict(axes) for m, axes in study.methods.items()}
-        self.seeds = list(study.seeds)
-
-    def __call__(self, trial):
-        from .spec import Distribution
-
-        methods = list(self.methods)
-        method = trial.suggest_categorical("method", methods) if len(methods) > 1 else methods[0]
-        seed = trial.suggest_categorical("seed", self.seeds) if len(self.seeds) > 1 else self.seeds[0]
-        const = {"problem": self.problem, "seed": seed}
-        if len(methods) == 1:
-            const["method"] = method
-        for opt, axis in self.methods[method].items():
-            name = f"{method}.{opt}"
-            if isinstance(axis, Distribution):
-                axis.suggest(trial, name)
-            elif len(axis) > 1:
-                trial.suggest_categorical(name, list(axis))
-            else:
-                const[name] = axis[0]
-        return const
-
-
-def _search_setup(study: Study):
-    """(param_space, search_alg, scheduler, num_samples) for the study."""
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-
-    algorithm = study.search["algorithm"]
-    scheduler = None
-    if study.scheduler:
-        sch = study.scheduler
-        scheduler = ASHAScheduler(time_attr=sch["time_attr"], max_t=sch["max_t"], grace_period=sch["grace_period"],
-                                  reduction_factor=sch["reduction_factor"], brackets=sch["brackets"])
-    if algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search = OptunaSearch(space=OptunaSpace(study), metric=study.metric, mode=study.mode,
-                              seed=study.search["seed"])
-        if study.search["max_concurrent"]:
-            search = ConcurrencyLimiter(search, max_concurrent=study.search["max_concurrent"])
-        return None, search, scheduler, study.search["num_samples"]
-    space = {"cell": tune.grid_search(study.cells())}
-    draws = {m: {opt: d.tune_domain() for opt, d in study.ranges(m).items()} for m in study.methods}
-    draws = {m: d for m, d in draws.items() if d}
-    if draws:
-        space["draw"] = draws
-    search = BasicVariantGenerator(random_state=study.search["seed"],
-                                   max_concurrent=study.search["max_concurrent"] or 0)
-    return space, search, scheduler, study.search["num_samples"]
-
-
 # ------------------------------------------------------------------------------------------ callback
 class StudyCallback(tune.Callback):
     """Driver side: streams trial rows into the :class:`ResultStore`, draws the progress table."""
@@ -185,7 +129,7 @@ class StudyCallback(tune.Callback):
         self.__init__(None, None, None)
 
     def _cell(self, trial):
-        return cell_from_config(trial.config)
+        return cell_from_config(trial.config, self.study.grid)
 
     def _note_best(self, value, trial):
         if value is None or not math.isfinite(value):
@@ -309,7 +253,7 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
     try:
         settings = {"budget": study.budget, "stop": study.stop, "dtype": study.dtype, "device": study.device,
                     "accuracy_every": study.accuracy_every, "report_interval": study.report_interval,
-                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"]}
+                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid}
         trainable = tune.with_resources(
             tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded, problems=_cpu_problems(study)),
             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
@@ -319,10 +263,10 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
             # The run config (with the callbacks of the first run) comes back from tuner.pkl; ours replace them.
             tuner._local_tuner.get_run_config().callbacks = [callback]  # noqa: SLF001 - pinned ray 2.60
         else:
-            space, search, scheduler, num_samples = _search_setup(study)
+            search, scheduler, num_samples = search_setup(study)
             tuner = tune.Tuner(
                 trainable,
-                param_space=space,
+                param_space={},
                 tune_config=tune.TuneConfig(
                     metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
                     num_samples=num_samples, reuse_actors=True, max_concurrent_trials=study.max_concurrent_trials,
@@ -333,7 +277,7 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
                     checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
             )
         store.start_writer()
-        with _plain_tune_actors(connected == "embedded"):
+        with _plain_tune_actors(connected == "embedded"), pending_trials(study):
             tuner.fit()
     finally:
         store.stop_writer()

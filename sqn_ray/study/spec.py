@@ -42,6 +42,7 @@ Integer ranges include both ends.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -80,12 +81,47 @@ DEFAULT_BUDGET = {"iterations": 1000, "grad_equivalents": None, "wall_time": Non
 DEFAULT_SMOKE = {"seeds": 1, "budget": {"iterations": 10, "wall_time": 30}, "search": {"num_samples": 2}}
 
 
+#: limits checked before anything runs (each error names the limit)
+MAX_FILE_BYTES = 1024**2            # a study file is a page of YAML: 1 MiB leaves room for long notes
+MAX_YAML_NODES = 100_000            # values in the file once YAML aliases are expanded
+MAX_DESCRIPTION_CHARS = 10_000      # stored in the metadata of every results file
+MAX_SEEDS = 10_000
+MAX_TRIALS = 100_000                # trials in one study (grid cells × samples, or Optuna samples)
+MAX_PROBED_COMBINATIONS = 20_000   # a method's option grid up to this size is validated cell by cell
+MAX_SHOWN_CHARS = 120               # a value quoted in an error message
+
+
 class StudySpecError(ValueError):
     """A study file is invalid. The message names the file, the field path and the allowed values."""
 
 
+def _shown(value, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages (a value may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 25]}... ({len(text):,} characters)"
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), not as the string PyYAML makes of it."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2), not as the string PyYAML makes of it, and
+    refuses a mapping that gives one key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                where = _line_col(key_node.start_mark)
+                try:
+                    seen = first.setdefault(key, where)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if seen is not where:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_shown(key)}: given at {seen} and again at {where} (YAML "
+                                    "would silently keep the last)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -97,6 +133,20 @@ _Loader.add_implicit_resolver(
                    |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."),
 )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (PyYAML's own text quotes the offending lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        text = error.problem + (f" ({_line_col(mark)})" if mark is not None and "line" not in error.problem else "")
+    else:
+        text = " ".join(str(error).split())
+    return text if len(text) <= 4 * MAX_SHOWN_CHARS else text[:4 * MAX_SHOWN_CHARS] + "..."
+
+
+def _line_col(mark) -> str:
+    return f"line {mark.line + 1}" if mark.column == 0 else f"line {mark.line + 1}, column {mark.column + 1}"
 
 
 @dataclass(frozen=True)
@@ -129,8 +179,72 @@ class Distribution:
             return trial.suggest_int(name, *self.args, log=self.kind == "logint")
         return trial.suggest_categorical(name, list(self.args))
 
+    def sample(self, rng):
+        """One draw from a :class:`numpy.random.Generator` (random search), as Tune's domains draw: log
+        ranges uniform in the logarithm, integer ranges including both ends."""
+        if self.kind == "choice":
+            return self.args[int(rng.integers(len(self.args)))]
+        low, high = self.args
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        if self.kind == "uniform":
+            return float(rng.uniform(low, high))
+        if self.kind == "int":
+            return int(rng.integers(low, high + 1))
+        return min(high, int(math.exp(rng.uniform(math.log(low), math.log(high + 1)))))  # logint
+
     def to_json(self):
         return {self.kind: list(self.args)}
+
+
+@dataclass(frozen=True)
+class CellGrid:
+    """The (problem, method, options, seed) cells of a study's grid as a sequence that computes each cell
+    from its index: small to ship to every trial (its axes only), linear to walk, O(1) memory per cell.
+
+    Order: problems, then methods, then each method's option combinations (option names sorted, the last
+    varying fastest, as :func:`itertools.product`), then seeds."""
+
+    problems: tuple[str, ...]
+    methods: tuple[tuple[str, tuple[str, ...], tuple[tuple, ...]], ...]  # (method, option names, their values)
+    seeds: tuple[int, ...]
+
+    @functools.cached_property
+    def _blocks(self) -> tuple[tuple[int, int], ...]:
+        """(first combination index, number of combinations) of each method within one problem."""
+        out, start = [], 0
+        for _, _, values in self.methods:
+            n = math.prod(len(v) for v in values)
+            out.append((start, n))
+            start += n
+        return tuple(out)
+
+    @property
+    def combos_per_problem(self) -> int:
+        return sum(n for _, n in self._blocks)
+
+    def __len__(self) -> int:
+        return len(self.problems) * self.combos_per_problem * len(self.seeds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"cell {index} of a grid of {n}")
+        index %= n
+        rest, seed_at = divmod(index, len(self.seeds))
+        problem_at, combo = divmod(rest, self.combos_per_problem)
+        for (method, names, values), (start, count) in zip(self.methods, self._blocks):
+            if combo < start + count:
+                break
+        k, options = combo - start, {}
+        for name, vals in zip(reversed(names), reversed(values)):
+            k, at = divmod(k, len(vals))
+            options[name] = vals[at]
+        return {"problem": self.problems[problem_at], "method": method, "seed": int(self.seeds[seed_at]),
+                "options": {name: options[name] for name in names}}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 @dataclass(frozen=True)
@@ -175,22 +289,25 @@ class Study:
         names = sorted(axes)
         return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
 
+    @functools.cached_property
+    def grid(self) -> CellGrid:
+        """The grid's cells, indexable without building them all (what the trials are handed)."""
+        methods = []
+        for method in self.methods:
+            axes = self.grid_axes(method)
+            names = tuple(sorted(axes))
+            methods.append((method, names, tuple(axes[n] for n in names)))
+        return CellGrid(self.problems, tuple(methods), self.seeds)
+
     def cells(self) -> list[dict[str, Any]]:
-        """Every (problem, method, options, seed) cell of the grid, in a stable order."""
-        out = []
-        for problem in self.problems:
-            for method in self.methods:
-                for options in self.method_cells(method):
-                    for seed in self.seeds:
-                        out.append({"problem": problem, "method": method, "seed": int(seed),
-                                    "options": dict(options)})
-        return out
+        """Every (problem, method, options, seed) cell of the grid, in a stable order (``list(study.grid)``)."""
+        return list(self.grid)
 
     @property
     def num_trials(self) -> int:
         if self.search["algorithm"] == "optuna":
             return int(self.search["num_samples"])
-        return len(self.cells()) * int(self.search["num_samples"])
+        return len(self.grid) * int(self.search["num_samples"])
 
     @property
     def option_names(self) -> list[str]:
@@ -231,14 +348,76 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
     """Read and validate a study file; ``smoke`` applies its ``smoke:`` overrides (or a default shrink)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_dir():
+            raise StudySpecError(f"{path}: is a folder, not a study file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise StudySpecError(f"{path}: cannot read the study file: {e.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise StudySpecError(f"{path}: the study file is larger than the limit of {MAX_FILE_BYTES:,} bytes")
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: no tags, no objects
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudySpecError(f"{path}: not a text file (not UTF-8: byte {e.start} is {raw[e.start]:#04x}); "
+                             "a study file is YAML text") from None
+    if "\x00" in text:
+        raise StudySpecError(f"{path}: not a text file (it holds NUL bytes); a study file is YAML text")
+    return parse_study(read_yaml(text, source=str(path)), source=str(path), smoke=smoke, text=text)
+
+
+def read_yaml(text: str, *, source: str = "<study>", max_nodes: int | None = None) -> Any:
+    """Parse YAML text safely: no tags or objects, ``1e-3`` a float, duplicate keys refused, and at most
+    ``max_nodes`` values (default :data:`MAX_YAML_NODES`) once aliases are expanded, counted on the node graph
+    before anything is built (a few hundred bytes of nested aliases expand to billions of values)."""
+    limit = MAX_YAML_NODES if max_nodes is None else max_nodes
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, limit)
+        if size > limit:
+            raise StudySpecError(f"{source}: the YAML expands to more than {limit:,} values (nested aliases?); "
+                                 f"a study file needs far fewer")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
-        raise StudySpecError(f"{path}: not valid YAML: {e}") from None
-    return parse_study(data, source=str(path), smoke=smoke, text=text)
+        raise StudySpecError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root, limit: int) -> int:
+    """How many nodes ``root`` stands for with every alias expanded, counting up to just past ``limit``.
+    The node graph shares a node per alias, so sizes are memoized per node: linear in the file, whatever
+    it expands to; a node that contains itself (a recursive alias) expands without end."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes and not children_done:
+            continue
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if not children_done:
+            if key in active:
+                return limit + 1  # recursive: infinite
+            active.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        active.discard(key)
+        total = 1
+        for c in children:
+            if id(c) in active:
+                return limit + 1
+            total += sizes.get(id(c), 0)
+            if total > limit:
+                return limit + 1
+        sizes[key] = total
+    return sizes[id(root)]
 
 
 def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> Study:
@@ -268,6 +447,7 @@ class _Parser:
     def __init__(self, source: str):
         self.source = source
         self.suffix = ""
+        self.shared_axes: dict = {}
 
     def fail(self, path: str, message: str, allowed: Iterable | None = None):
         msg = f"{self.source}: {path}: {message}"
@@ -280,10 +460,10 @@ class _Parser:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+            self.fail(path, f"expected a mapping, got {type(value).__name__} {_shown(value)}")
         for k in value:
             if not isinstance(k, str):
-                self.fail(path, f"keys must be strings, got {k!r}")
+                self.fail(path, f"keys must be strings, got {_shown(k)}")
             if keys is not None and k not in keys:
                 self.fail(f"{path}.{k}" if path else k, "unknown key", keys)
         return dict(value)
@@ -294,7 +474,7 @@ class _Parser:
         if isinstance(value, float) and value.is_integer() and math.isfinite(value):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(path, f"expected an integer, got {value!r}")
+            self.fail(path, f"expected an integer, got {_shown(value)}")
         if low is not None and value < low:
             self.fail(path, f"must be >= {low}, got {value}")
         return value
@@ -303,7 +483,7 @@ class _Parser:
         if value is None and none_ok:
             return None
         if not _is_number(value) or not math.isfinite(value):
-            self.fail(path, f"expected a finite number, got {value!r}")
+            self.fail(path, f"expected a finite number, got {_shown(value)}")
         if positive and value <= 0:
             self.fail(path, f"must be > 0, got {value}")
         if nonneg and value < 0:
@@ -312,21 +492,21 @@ class _Parser:
 
     def choice(self, value, path, allowed):
         if value not in allowed:
-            self.fail(path, f"unknown value {value!r}", allowed)
+            self.fail(path, f"unknown value {_shown(value)}", allowed)
         return value
 
     def str_list(self, value, path, allowed) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            self.fail(path, f"expected a non-empty list, got {value!r}", allowed)
-        seen = []
+            self.fail(path, f"expected a non-empty list, got {_shown(value)}", allowed)
+        seen: dict = {}
         for i, v in enumerate(value):
-            if v not in allowed:
-                self.fail(f"{path}[{i}]", f"unknown value {v!r}", allowed)
+            if not isinstance(v, str) or v not in allowed:
+                self.fail(f"{path}[{i}]", f"unknown value {_shown(v)}", allowed)
             if v in seen:
-                self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
-            seen.append(v)
+                self.fail(f"{path}[{i}]", f"{_shown(v)} is listed twice (also {path}[{seen[v]}])")
+            seen[v] = i
         return tuple(seen)
 
     # -- the study ---------------------------------------------------------------------------------
@@ -341,8 +521,10 @@ class _Parser:
         raw = self.mapping(data, "", TOP_KEYS)
         if "smoke" in raw:
             smoke_block = self.mapping(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke"))
-        else:
-            smoke_block = DEFAULT_SMOKE
+        else:  # the default shrink; more samples only where the search draws them (a grid runs each cell once)
+            search = raw.get("search")
+            grid = not isinstance(search, Mapping) or search.get("algorithm", "grid") == "grid"
+            smoke_block = {k: v for k, v in DEFAULT_SMOKE.items() if not (grid and k == "search")}
         spec = {k: v for k, v in raw.items() if k != "smoke"}
         if smoke:
             spec = _deep_merge(spec, smoke_block)
@@ -351,10 +533,13 @@ class _Parser:
         stem = Path(self.source).stem if self.source != "<study>" else "study"
         name = spec.get("name", stem)
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            self.fail("name", f"expected a name of letters, digits, '_', '.', '-', got {name!r}")
+            self.fail("name", f"expected a name of letters, digits, '_', '.', '-', got {_shown(name)}")
         description = spec.get("description", "")
         if not isinstance(description, str):
-            self.fail("description", f"expected a string, got {description!r}")
+            self.fail("description", f"expected a string, got {_shown(description)}")
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            self.fail("description", f"{len(description):,} characters, over the limit of "
+                                     f"{MAX_DESCRIPTION_CHARS:,} (it is stored in every results file)")
 
         if "problems" not in spec:
             self.fail("problems", "missing (which problems to run)", PROBLEMS)
@@ -427,20 +612,48 @@ class _Parser:
                       defaults=defaults)
         if study.num_trials == 0:
             self.fail("methods", "the study has no trials")
+        if study.num_trials > MAX_TRIALS:
+            self.fail("methods", f"the study has {study.num_trials:,} trials ({len(problems)} problem(s) × "
+                                 f"{study.grid.combos_per_problem:,} option cell(s) × {len(seeds):,} seed(s)"
+                                 f"{' × ' + format(search['num_samples'], ',') + ' samples' if search['num_samples'] > 1 else ''}), "
+                                 f"over the limit of {MAX_TRIALS:,}; split it into several studies")
+        self.check_memory(problems, methods)
         return study
+
+    def check_memory(self, problems, methods) -> None:
+        """``memory`` (m pairs) at most the problem's d, where d is known before building the problem: no
+        quasi-Newton model has use for more than d pairs (they cannot be linearly independent)."""
+        from sqn_ray.problems import problem_dim
+
+        dims = {p: d for p in problems if (d := problem_dim(p)) is not None}
+        for method, axes in methods.items():
+            axis = axes.get("memory")
+            if axis is None or not dims:
+                continue
+            largest = axis.args[-1] if isinstance(axis, Distribution) and axis.kind != "choice" else max(
+                (v for v in (axis.args if isinstance(axis, Distribution) else axis) if _is_number(v)), default=None)
+            for problem, d in dims.items():
+                if largest is not None and largest > d:
+                    where = "options.memory" if "memory" in self.shared_axes else f"methods.{method}.memory"
+                    self.fail(where, f"memory {largest} is more than the d = {d} parameters of problem {problem} "
+                                     f"(m pairs in R^d: at most d are independent)")
 
     def seeds(self, value) -> tuple[int, ...]:
         if isinstance(value, int) and not isinstance(value, bool):
             self.integer(value, "seeds", low=1)
+            if value > MAX_SEEDS:
+                self.fail("seeds", f"{value:,} seeds, over the limit of {MAX_SEEDS:,}")
             return tuple(range(value))
         if not isinstance(value, list) or not value:
-            self.fail("seeds", f"expected a count (10 -> seeds 0..9) or a non-empty list of seeds, got {value!r}")
-        out = []
+            self.fail("seeds", f"expected a count (10 -> seeds 0..9) or a non-empty list of seeds, got {_shown(value)}")
+        if len(value) > MAX_SEEDS:
+            self.fail("seeds", f"{len(value):,} seeds listed, over the limit of {MAX_SEEDS:,}")
+        out: dict[int, int] = {}  # seed -> its index (a dict: the duplicate check stays linear)
         for i, s in enumerate(value):
             s = self.integer(s, f"seeds[{i}]", low=0)
             if s in out:
-                self.fail(f"seeds[{i}]", f"seed {s} is listed twice")
-            out.append(s)
+                self.fail(f"seeds[{i}]", f"seed {s} is listed twice (also seeds[{out[s]}])")
+            out[s] = i
         return tuple(out)
 
     def scheduler(self, value, budget) -> dict | None:
@@ -471,34 +684,36 @@ class _Parser:
         """One option's values: scalar -> fixed, list -> grid axis, {kind: args} -> range."""
         if isinstance(value, Mapping):
             if len(value) != 1:
-                self.fail(path, f"a range is one of {{kind: [low, high]}}, got {dict(value)!r}", DISTRIBUTIONS)
+                self.fail(path, f"a range is one of {{kind: [low, high]}}, got {_shown(dict(value))}", DISTRIBUTIONS)
             (kind, args), = value.items()
             self.choice(kind, f"{path}.{kind}" if isinstance(kind, str) else path, DISTRIBUTIONS)
             if algorithm == "grid":
                 self.fail(path, f"a range ({kind}) needs search.algorithm random or optuna; a grid takes lists")
             if not isinstance(args, list) or not args:
-                self.fail(f"{path}.{kind}", f"expected a list, got {args!r}")
+                self.fail(f"{path}.{kind}", f"expected a list, got {_shown(args)}")
             if kind == "choice":
                 return Distribution(kind, tuple(args))
             if len(args) != 2:
-                self.fail(f"{path}.{kind}", f"expected [low, high], got {args!r}")
+                self.fail(f"{path}.{kind}", f"expected [low, high], got {_shown(args)}")
             if kind in ("int", "logint"):
                 low, high = (self.integer(a, f"{path}.{kind}") for a in args)
             else:
                 low, high = (self.number(a, f"{path}.{kind}") for a in args)
             if not low < high:
-                self.fail(f"{path}.{kind}", f"low must be < high, got {args!r}")
+                self.fail(f"{path}.{kind}", f"low must be < high, got {_shown(args)}")
             if kind in ("loguniform", "logint") and low <= 0:
                 self.fail(f"{path}.{kind}", f"a log range needs low > 0, got {low}")
             return Distribution(kind, (low, high))
         if isinstance(value, list):
             if not value:
                 self.fail(path, "empty grid: give at least one value")
+            seen: dict = {}  # value -> index; hashing treats 1, 1.0 and True as one value, as == does
             for i, v in enumerate(value):
                 if isinstance(v, (list, Mapping)):
-                    self.fail(f"{path}[{i}]", f"grid values are scalars, got {v!r}")
-                if v in value[:i]:
-                    self.fail(f"{path}[{i}]", f"{v!r} is listed twice")
+                    self.fail(f"{path}[{i}]", f"grid values are scalars, got {_shown(v)}")
+                if v in seen:
+                    self.fail(f"{path}[{i}]", f"{_shown(v)} is listed twice (also {path}[{seen[v]}])")
+                seen[v] = i
             return tuple(value)
         if value is None:
             self.fail(path, "no value given")
@@ -514,7 +729,7 @@ class _Parser:
         value = self.mapping(value, "methods")
         if not value:
             self.fail("methods", "no methods given", allowed)
-        shared = self.mapping(spec.get("options"), "options")
+        shared = self.shared_axes = self.mapping(spec.get("options"), "options")
         out: dict[str, dict] = {}
         shared_used = set()
         for method, opts in value.items():
@@ -540,15 +755,24 @@ class _Parser:
             if opt == "seed":
                 self.fail("options.seed", "seeds come from the top-level 'seeds'")
             if opt not in shared_used:
-                self.fail(f"options.{opt}", f"no listed method takes option {opt!r}", sorted(
+                self.fail(f"options.{opt}", f"no listed method takes option {_shown(opt)}", sorted(
                     {o for m in out for o in sqn_ray.method_options(m) if o != "seed"}))
         return out
 
     def check_values(self, method, axes, sqn_ray):
-        """Let the optimizer core judge every value: each grid combination, each range's ends."""
+        """Let the optimizer core judge every value: each grid combination (or, for a grid too large to
+        probe cell by cell, each value with the other options at their first value), each range's ends."""
         fixed = {k: v for k, v in axes.items() if not isinstance(v, Distribution)}
         names = sorted(fixed)
-        probes = [dict(zip(names, c)) for c in itertools.product(*(fixed[n] for n in names))]
+        combos = math.prod(len(fixed[n]) for n in names)
+        if combos > MAX_TRIALS:
+            self.fail(f"methods.{method}", f"its option grid has {combos:,} cells, over the limit of "
+                                           f"{MAX_TRIALS:,} trials a study may have")
+        if combos <= MAX_PROBED_COMBINATIONS:
+            probes = [dict(zip(names, c)) for c in itertools.product(*(fixed[n] for n in names))]
+        else:
+            first = {n: fixed[n][0] for n in names}
+            probes = [{**first, n: v} for n in names for v in fixed[n]]
         for opt, dist in axes.items():
             if isinstance(dist, Distribution):
                 probes = [{**p, opt: a} for p in probes[:1] for a in dist.args]

@@ -48,16 +48,23 @@ def _plain(v):
     return v
 
 
-def cell_from_config(config: dict) -> dict[str, Any]:
+def cell_from_config(config: dict, grid=None) -> dict[str, Any]:
     """The trial's (problem, method, seed, options) from a Tune config of any search algorithm.
 
-    Grid and random search configs are ``{"cell": {...}, "draw": {method: {option: value}}}``; an Optuna
-    config is flat: ``{"problem", "method", "seed", "<method>.<option>": value}``.
+    Grid and random search configs are ``{"cell": index into grid, "draw": {option: value}}``
+    (:class:`~sqn_ray.study.search.CellSearcher`); Tune states written before cells were indices hold the cell
+    itself and ``"draw": {method: {option: value}}``. An Optuna config is flat: ``{"problem", "method", "seed",
+    "<method>.<option>": value}``.
     """
     if "cell" in config:
         cell = config["cell"]
+        draw = config.get("draw") or {}
+        if isinstance(cell, dict):  # the older form
+            draw = draw.get(cell["method"], {})
+        else:
+            cell = grid[int(cell)]
         options = {k: _plain(v) for k, v in cell["options"].items()}
-        options.update({k: _plain(v) for k, v in (config.get("draw") or {}).get(cell["method"], {}).items()})
+        options.update({k: _plain(v) for k, v in draw.items()})
         return {"problem": cell["problem"], "method": cell["method"], "seed": int(cell["seed"]),
                 "options": options}
     method = config["method"]
@@ -101,7 +108,7 @@ class StudyTrainable(tune.Trainable):
     def _begin(self, config):
         from .results import cell_key
 
-        self._cell = cell_from_config(config)
+        self._cell = cell_from_config(config, self._settings.get("grid"))
         self._queue: queue.Queue = queue.Queue()  # lists of records (one per report), then _END
         self._rows = _RowBuffer()
         self._halt = threading.Event()
