@@ -12,6 +12,7 @@ neither: the cluster's address and auth settings are the cluster's.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -42,7 +43,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **quiet)
+        # a cluster on this machine's loopback (`ray start --node-ip-address 127.0.0.1`, a test cluster): Ray
+        # would rewrite the address to the routable one, where nothing listens
+        with loopback_only() if _is_loopback(address) else contextlib.nullcontext():
+            ray.init(address=address, **quiet)
         return "cluster"
     embedded_auth()
     os.environ.update(worker_env or {})
@@ -59,6 +63,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     except Exception:  # noqa: BLE001 - an optimisation only
         _log.debug("could not stop Ray's log monitor", exc_info=True)
     return "embedded"
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def embedded_auth() -> str:

@@ -94,6 +94,11 @@ def run_study_command(args) -> int:
         except StudyError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # the disk filled up or went read-only mid-study: every file is whole, none half
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            print(f"error: writing the study's files failed{where}: {e.strerror or e}; what was written is whole "
+                  f"(atomic files): fix the disk and continue with --resume", file=sys.stderr)
+            return 2
     except StudySpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import subprocess
 import threading
@@ -74,6 +75,7 @@ TRIAL_COLUMNS = {
     "metric_value": pa.float64(), "rank": pa.int64(),
 }
 PARTS = ".parts"
+QUARANTINE = "quarantine"  # under PARTS: files found there that are not readable trials' parts
 _log = logging.getLogger(__name__)
 
 
@@ -235,6 +237,28 @@ def _finite_values(column) -> pa.ChunkedArray:
     return column.filter(pc.is_finite(column), null_selection_behavior="drop")
 
 
+def _read_part(path: Path) -> "_Trial | str":
+    """A finished trial from its part file, or what is wrong with the file."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        return f"unreadable ({type(e).__name__}: {str(e)[:120]})"
+    raw = (table.schema.metadata or {}).get(b"sqn_ray.trial")
+    if raw is None:
+        return "not a trial's part (no sqn_ray.trial metadata: a foreign file?)"
+    try:
+        meta = json.loads(raw)
+        t = _Trial(str(meta["trial_id"]), dict(meta["cell"]))
+        t.summary, t.info = dict(meta["summary"]), dict(meta["info"] or {})
+        if "iteration" not in table.column_names or t.trial_id != path.stem:
+            raise ValueError("rows or name do not match")
+        cell_key(t.cell)
+    except (ValueError, KeyError, TypeError) as e:
+        return f"damaged ({type(e).__name__} in its metadata)"
+    t.table, t.finished = table.replace_schema_metadata(), True
+    return t
+
+
 # --------------------------------------------------------------------------------------------- the store
 class _Trial:
     __slots__ = ("trial_id", "cell", "chunks", "n_live", "running", "info", "summary", "table", "finished",
@@ -308,6 +332,7 @@ class ResultStore:
         self._lock = threading.Lock()  # the trials' data
         self._write_lock = threading.Lock()  # one writer at a time, newest data last
         self._writer = None
+        self.damaged: list[str] = []  # names of the part files load_parts quarantined
 
     @property
     def iterations_path(self) -> Path:
@@ -320,20 +345,36 @@ class ResultStore:
     # -- resume ---------------------------------------------------------------------------------------
     def load_parts(self) -> dict[str, dict]:
         """Reload finished trials from ``DIR/.parts``; returns {trial_id: summary} (what a resumed trial
-        needs to replay itself without recomputing)."""
+        needs to replay itself without recomputing).
+
+        A part that cannot be read (truncated, garbage) or is not a trial's part (a foreign Parquet file, a
+        part missing its metadata) is moved to ``DIR/.parts/quarantine/`` and named in one warning line
+        each (:attr:`damaged`); its trial is then not finished here and runs again."""
         out = {}
+        self.damaged = []
         for path in sorted(self.parts_dir.glob("*.parquet")):
-            try:
-                table = pq.read_table(path)
-            except (OSError, pa.ArrowInvalid):  # a part is written atomically; anything else is not ours
+            trial = _read_part(path)
+            if isinstance(trial, str):
+                self._quarantine(path, trial)
                 continue
-            meta = json.loads(table.schema.metadata[b"sqn_ray.trial"])
-            t = _Trial(meta["trial_id"], meta["cell"])
-            t.summary, t.info, t.table, t.finished = meta["summary"], meta["info"], table.replace_schema_metadata(), True
+            t = trial
             self.trials[t.trial_id] = t
             out[t.trial_id] = {"cell_key": cell_key(t.cell), "summary": t.summary}
         self._dirty = True
         return out
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        folder = self.parts_dir / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        for i in range(1, 1000):
+            if not target.exists():
+                break
+            target = folder / f"{path.stem}.{i}{path.suffix}"
+        os.replace(path, target)
+        self.damaged.append(path.stem)
+        _log.warning("results part %s is %s: moved to %s; its trial runs again", path.name, why,
+                     target.relative_to(self.out_dir))
 
     # -- live updates ---------------------------------------------------------------------------------
     def start(self, trial_id: str, cell: dict) -> None:
@@ -396,12 +437,26 @@ class ResultStore:
         t = self.trials.get(trial_id)
         return bool(t and t.finished)
 
-    def set_known(self, trial_ids: Iterable[str]) -> None:
-        """Tune's current trial ids: only those are written (a part from a trial Tune has forgotten is not)."""
-        ids = set(trial_ids)
+    def set_known(self, trial_ids: Iterable[str] | None) -> None:
+        """Tune's current trial ids: only those are written (a part from a trial Tune has forgotten is not);
+        None: every trial the store has."""
+        ids = None if trial_ids is None else set(trial_ids)
         if ids != self.known:
             self.known = ids
             self._dirty = True
+
+    def keep_parts(self, keep) -> dict[str, dict]:
+        """Quarantine the loaded parts whose trial id ``keep(trial_id)`` rejects (parts a new Tune experiment
+        cannot match to its trials); returns the remaining {trial_id: summary} as :meth:`load_parts` does."""
+        with self._lock:
+            for trial_id in [t for t, trial in self.trials.items() if trial.finished and not keep(t)]:
+                del self.trials[trial_id]
+                path = self.parts_dir / f"{trial_id}.parquet"
+                if path.exists():
+                    self._quarantine(path, "from a run whose trials cannot be matched to this one's")
+            self._dirty = True
+            return {t: {"cell_key": cell_key(trial.cell), "summary": trial.summary}
+                    for t, trial in self.trials.items() if trial.finished}
 
     def _remove_part(self, trial_id: str) -> None:
         try:

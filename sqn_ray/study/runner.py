@@ -13,10 +13,10 @@ from their recorded results, unfinished ones start over, no row is duplicated or
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,20 +29,16 @@ from ray import tune
 from .. import ray_session
 from .progress import ProgressTable
 from .results import ResultStore, variant_label
-from .search import OptunaSpace, pending_trials, search_setup  # noqa: F401 - OptunaSpace: its old home
+from .outdir import StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
+from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
 from .spec import Study
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
 __all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "shutdown_ray", "DEFAULT_OUT_ROOT"]
 
 DEFAULT_OUT_ROOT = Path("results")
-STATE_FILE = ".study.json"
 TUNE_DIR = ".tune"
 EXPERIMENT = "study"
-
-
-class StudyError(RuntimeError):
-    """The study cannot run as asked (output folder holds another study, nothing to resume, ...)."""
 
 
 @dataclass
@@ -113,11 +109,16 @@ def _plain_tune_actors(embedded: bool):
 class StudyCallback(tune.Callback):
     """Driver side: streams trial rows into the :class:`ResultStore`, draws the progress table."""
 
-    def __init__(self, store: ResultStore | None, progress: ProgressTable | None, study: Study | None):
+    def __init__(self, store: ResultStore | None, progress: ProgressTable | None, study: Study | None,
+                 filter_known: bool = False):
         self.store, self.progress, self.study = store, progress, study
+        # a restored Tune experiment may regenerate trials it had not saved: then only the trials Tune knows
+        # are written (a new Tuner knows every trial by the end, and a rebuilt one must not hide old parts)
+        self.filter_known = filter_known
         self.best: tuple | None = None
         self.replayed = 0
         self.running = 0
+        self.events = 0  # trial starts and results seen (a restored experiment that fails before any: rebuilt)
         self._ids: frozenset = frozenset()
 
     # Tune pickles the run config, callbacks included, into tuner.pkl. A restore installs fresh callbacks,
@@ -139,6 +140,7 @@ class StudyCallback(tune.Callback):
             self.best = (value, f"{variant_label(cell)} seed {cell['seed']}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.events += 1
         if self.store is not None:
             self.store.start(trial.trial_id, self._cell(trial))
 
@@ -147,6 +149,7 @@ class StudyCallback(tune.Callback):
             self.store.restart(trial.trial_id, self._cell(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.events += 1
         if self.store is None:
             return
         # NOTE: Tune lets callbacks edit the result in place: the rows never reach Tune's stored state.
@@ -166,14 +169,15 @@ class StudyCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.store is not None and not self.store.is_finished(trial.trial_id):
-            err = trial.get_error() or "the trial's actor failed"
+            known = self.store.trials.get(trial.trial_id)
+            text = worker_death_text(_tune_error_text(trial), known.info if known is not None else {})
             self.store.finish(trial.trial_id, self._cell(trial),
-                              {"status": "failed", "stop_reason": "worker_died", "error": str(err)[-4000:]})
+                              {"status": "failed", "stop_reason": "worker_died", "error": text})
 
     def on_step_end(self, iteration, trials, **info):
         if self.store is None:
             return
-        if len(trials) != len(self._ids):
+        if self.filter_known and len(trials) != len(self._ids):
             self._ids = frozenset(t.trial_id for t in trials)
             self.store.set_known(self._ids)
         self.running = sum(1 for t in trials if t.status == "RUNNING")
@@ -182,8 +186,47 @@ class StudyCallback(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         if self.store is not None:
-            self.store.set_known(t.trial_id for t in trials)
+            if self.filter_known:
+                self.store.set_known(t.trial_id for t in trials)
             self.store.flush(force=True)
+
+
+def _tune_error_text(trial) -> str:
+    """The text of the trial's last error as Tune wrote it (its local error file, else its storage copy)."""
+    try:
+        return Path(trial.error_file).read_text()[-20000:]
+    except (OSError, TypeError, AttributeError):
+        pass
+    try:
+        return str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - only a message is at stake
+        return ""
+
+
+def worker_death_text(ray_text: str, info: dict) -> str:
+    """What died, from Ray's error text and the trial's own record of where it ran: the process (pid), its
+    node (id, address, host), how it ended as Ray saw it, and what that usually means."""
+    def find(pattern):
+        m = re.search(pattern, ray_text)
+        return m.group(1).strip() if m else None
+
+    pid = find(r"\bpid: (\d+)") or find(r"Worker PID: (\d+)") or info.get("pid")
+    ip = find(r"\bip: ([0-9a-fA-F.:]+)") or find(r"Worker IP address: (\S+)") or info.get("node_ip")
+    node = info.get("node_id") or find(r"Node ID: ([0-9a-f]+)")
+    exit_type, detail = find(r"Worker exit type: (\w+)"), find(r"Worker exit detail: (.*?\.)(?: |$)")
+    where = ", ".join(x for x in (f"node {node[:12]}" if node else None, ip,
+                                   f"host {info['hostname']}" if info.get("hostname") else None) if x)
+    head = f"the trial's worker process{f' (pid {pid})' if pid else ''} died{f' on {where}' if where else ''}"
+    if "NodeDiedError" in ray_text or "node died" in ray_text.lower() or "node has died" in ray_text.lower():
+        return f"{head}: its whole node died (lost, or pre-empted)"
+    if exit_type == "SYSTEM_ERROR" and detail and "connection error" in detail:
+        cause = ("it ended without a word: killed by a signal that cannot be caught (SIGKILL: kill -9, the OOM "
+                 "killer, a pre-empted machine) or crashed (SIGSEGV)")
+        return f"{head}: {cause}; Ray: {exit_type}: {detail}"
+    if exit_type:
+        return f"{head}: Ray: {exit_type}{': ' + detail if detail else ''}"
+    last = " ".join(ray_text.strip().splitlines()[-1:]) if ray_text.strip() else "no error text from Ray"
+    return f"{head}: {last[:1000]}"
 
 
 # -------------------------------------------------------------------------------------------- runner
@@ -199,26 +242,28 @@ def _cpu_problems(study: Study) -> dict:
     return {name: get_problem(name, dtype=getattr(torch, study.dtype), device="cpu") for name in study.problems}
 
 
-def _read_state(out: Path) -> dict | None:
-    path = out / STATE_FILE
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
-
-
 def run_study(study: Study, out_dir: str | Path | None = None, *, address: str | None = None,
               resume: bool = False, progress: bool = True, num_cpus: int | None = None,
               num_gpus: int | None = None, stream: TextIO | None = None) -> StudyOutcome:
     """Run (or, with ``resume``, continue) ``study``, writing ``out_dir/iterations.parquet`` and
-    ``out_dir/trials.parquet``. ``out_dir`` defaults to ``results/<study name>``."""
-    t_begin = time.monotonic()
+    ``out_dir/trials.parquet``. ``out_dir`` defaults to ``results/<study name>``.
+
+    Raises :class:`StudyError` (one line, before Ray starts) when the folder cannot be used: another driver
+    holds it, it holds another study, it cannot be written."""
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_ROOT / study.name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with open_output_folder(out):
+        return _run_in(out, study, address=address, resume=resume, progress=progress, num_cpus=num_cpus,
+                       num_gpus=num_gpus, stream=stream)
+
+
+def _run_in(out: Path, study: Study, *, address, resume, progress, num_cpus, num_gpus, stream) -> StudyOutcome:
+    t_begin = time.monotonic()
+    say = stream or sys.stderr
     tune_root = out / TUNE_DIR
     exp_path = tune_root / EXPERIMENT
-    state = _read_state(out)
+    state = read_state(out)
     if state is not None and not resume:
-        raise StudyError(f"{out} already holds study '{state['name']}' (started {state['started']}); "
+        raise StudyError(f"{out} already holds study '{state['name']}' (started {state.get('started', '?')}); "
                          f"rerun with --resume to continue it, or choose another --out")
     if state is not None and state["fingerprint"] != study.fingerprint:
         raise StudyError(f"{out} holds study '{state['name']}' run from a different study definition "
@@ -232,24 +277,27 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
     # Tune's ResultGrid looks for result.json files we do not write (the rows are in our Parquet)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
-    restorable = state is not None and tune.Tuner.can_restore(str(exp_path))
-    if not restorable:  # a fresh start (or an interruption before Tune wrote any state): nothing to keep
-        shutil.rmtree(tune_root, ignore_errors=True)
-        shutil.rmtree(out / ".parts", ignore_errors=True)
-        (out / STATE_FILE).write_text(json.dumps({
-            "name": study.name, "fingerprint": study.fingerprint, "smoke": study.smoke, "source": study.source,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-    elif resume:
-        print(f"resuming study '{study.name}' in {out}", file=stream or sys.stderr)
-
     store = ResultStore(out, study)
-    recorded = store.load_parts() if restorable else {}
+    if state is None:  # a new study: nothing of an earlier one is kept
+        shutil.rmtree(tune_root, ignore_errors=True)
+        shutil.rmtree(store.parts_dir, ignore_errors=True)
+        store.parts_dir.mkdir()
+        write_state(out, study)
+        recorded, restore = {}, False
+    else:
+        print(f"resuming study '{study.name}' in {out}", file=say)
+        recorded = store.load_parts()  # the source of truth; damaged parts are quarantined, their trials rerun
+        restore, why = _tune_state_usable(exp_path, recorded)
+        if not restore:
+            quiet = not tune_root.exists() or (not recorded and why == "Tune's experiment state is missing")
+            recorded = _rebuild(out, study, store, None, None if quiet else why, say)
     table = ProgressTable(study.name, study.num_trials, study.metric, study.mode, stream=stream) if progress else None
-    callback = StudyCallback(store, table, study)
+    callback = StudyCallback(store, table, study, filter_known=restore)
 
     t0 = time.monotonic()
     connected = init_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     ray_start = time.monotonic() - t0
+    failed = True
     try:
         settings = {"budget": study.budget, "stop": study.stop, "dtype": study.dtype, "device": study.device,
                     "accuracy_every": study.accuracy_every, "report_interval": study.report_interval,
@@ -257,33 +305,38 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
         trainable = tune.with_resources(
             tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded, problems=_cpu_problems(study)),
             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
-        if restorable:
-            tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-            # The run config (with the callbacks of the first run) comes back from tuner.pkl; ours replace them.
-            tuner._local_tuner.get_run_config().callbacks = [callback]  # noqa: SLF001 - pinned ray 2.60
-        else:
-            search, scheduler, num_samples = search_setup(study)
-            tuner = tune.Tuner(
-                trainable,
-                param_space={},
-                tune_config=tune.TuneConfig(
-                    metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
-                    num_samples=num_samples, reuse_actors=True, max_concurrent_trials=study.max_concurrent_trials,
-                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name=EXPERIMENT, storage_path=str(tune_root), verbose=0, callbacks=[callback],
-                    failure_config=tune.FailureConfig(max_failures=study.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
-            )
+        tuner = None
+        if restore:
+            try:
+                tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+                # The run config (with the first run's callbacks) comes back from tuner.pkl; ours replace them.
+                tuner._local_tuner.get_run_config().callbacks = [callback]  # noqa: SLF001 - pinned ray 2.60
+            except Exception as e:  # noqa: BLE001 - any damage Tune's own reader finds: rebuild from the parts
+                _rebuild(out, study, store, callback, f"Tune could not restore its state ({_brief(e)})", say)
+                tuner = None
+        if tuner is None:
+            tuner = _new_tuner(study, trainable, tune_root, callback)
         store.start_writer()
         with _plain_tune_actors(connected == "embedded"), pending_trials(study):
-            tuner.fit()
+            try:
+                tuner.fit()
+            except Exception as e:  # noqa: BLE001 - Tune's restored state failed it before any trial ran
+                if not restore or callback.events:
+                    raise
+                _rebuild(out, study, store, callback, f"Tune could not resume ({_brief(e)})", say)
+                tuner = _new_tuner(study, trainable, tune_root, callback)
+                tuner.fit()
+        failed = False
     finally:
-        store.stop_writer()
-        store.flush(force=True)
-        if connected:
-            shutdown_ray()
+        try:
+            store.stop_writer()
+            if failed:
+                store.set_known(None)  # never fewer trials than the folder held: every trial the store has
+            store.flush(force=True)
+        finally:
+            if connected:
+                shutdown_ray()
     counts = store.counts()
     done = sum(counts.get(s, 0) for s in ("solved", "budget", "diverged", "failed"))
     if table is not None:
@@ -291,4 +344,52 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
     return StudyOutcome(out_dir=out, total=study.num_trials, counts=counts, interrupted=done < study.num_trials,
                         wall_time=time.monotonic() - t_begin, ray_start_time=ray_start,
                         iterations_path=store.iterations_path, trials_path=store.trials_path,
-                        resumed=restorable, replayed=callback.replayed)
+                        resumed=state is not None, replayed=callback.replayed)
+
+
+def _tune_state_usable(experiment: Path, recorded: dict) -> tuple[bool, str]:
+    """Whether Tune's saved experiment can be restored as it is: readable, and every trial it counts as
+    finished has its results part (Tune never reruns a trial it finished, so a lost part means rebuilding)."""
+    statuses, why = tune_trial_statuses(experiment)
+    if statuses is None:
+        return False, why
+    lost = sorted(t for t, status in statuses.items() if status == "TERMINATED" and t not in recorded)
+    if lost:
+        return False, (f"{len(lost)} trial(s) Tune counts as finished have no readable results part "
+                       f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}); they run again")
+    return True, ""
+
+
+def _brief(e: BaseException) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _rebuild(out: Path, study: Study, store: ResultStore, callback, why: str | None, say) -> dict[str, dict]:
+    """Forget Tune's state: a new Tuner runs the study again (the same trial ids; finished trials replay from
+    their parts, the others run). Says ``why`` in one line; returns the parts it can match ({trial_id: ...})."""
+    keep = store.keep_parts(lambda trial_id: trial_id.startswith(trial_id_prefix(study) + "_"))
+    if why:
+        print(f"rebuilding Tune's side of the study from the {len(keep)} finished trial(s) in "
+              f"{store.parts_dir.name}/: {why}", file=say)
+    shutil.rmtree(out / TUNE_DIR, ignore_errors=True)
+    if callback is not None:
+        callback.filter_known = False
+    store.set_known(None)
+    return keep
+
+
+def _new_tuner(study: Study, trainable, tune_root: Path, callback) -> tune.Tuner:
+    search, scheduler, num_samples = search_setup(study)
+    return tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(
+            metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
+            num_samples=num_samples, reuse_actors=True, max_concurrent_trials=study.max_concurrent_trials,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT, storage_path=str(tune_root), verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
+    )

@@ -34,7 +34,7 @@ def ray_cluster():
                                                                 "include_dashboard": False, **node})
         workers = [cluster.add_node(num_cpus=1, num_gpus=1, **node) for _ in range(2)]
         cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False)
     cluster.worker_node_ids = {w.node_id for w in workers}
     yield cluster
     ray.shutdown()

@@ -151,3 +151,13 @@ def test_joining_a_cluster_keeps_its_address_and_auth(monkeypatch, fake_ray_init
     seen = fake_ray_init
     assert seen["address"] == "10.0.0.5:6379" and "_node_ip_address" not in seen
     assert seen["auth_mode"] is None and seen["enable_ray_cluster"] is True
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:6379", "localhost:6379", "[::1]:6379", "ray://127.0.0.1:10001"])
+def test_a_cluster_on_loopback_is_joined_at_its_loopback_address(monkeypatch, fake_ray_init, address):
+    """Ray rewrites a loopback address to the machine's routable one, where a loopback-bound cluster is not."""
+    from ray._private import ray_constants
+
+    assert ray_session.connect(address) == "cluster"
+    assert fake_ray_init["address"] == address and fake_ray_init["enable_ray_cluster"] is False
+    assert ray_constants.ENABLE_RAY_CLUSTER is True
