@@ -152,8 +152,21 @@ class Study:
 
     @property
     def description(self) -> str:
+        """The study file's description: stored once, in the file's text (``sqn_ray.study_yaml``); files
+        written before that keep it in the normalized study too."""
         spec = self.metadata.get("sqn_ray.study")
-        return str(spec.get("description", "")) if isinstance(spec, dict) else ""
+        if isinstance(spec, dict) and "description" in spec:
+            return str(spec["description"])
+        text = self.metadata.get("sqn_ray.study_yaml")
+        if not isinstance(text, str):
+            return ""
+        from sqn_ray.study.spec import StudySpecError, read_yaml
+
+        try:
+            data = read_yaml(text)
+        except StudySpecError:
+            return ""
+        return str(data.get("description", "")) if isinstance(data, dict) else ""
 
     @property
     def problems(self) -> list[str]:

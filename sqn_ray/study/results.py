@@ -115,9 +115,11 @@ def _versions() -> dict[str, str]:
 
 
 def study_metadata(study) -> dict[bytes, bytes]:
-    """Schema metadata: the study, its file, package versions and the git revision of this checkout."""
+    """Schema metadata: the study, its file, package versions and the git revision of this checkout. The
+    description is in the file's text only (up to 10,000 characters: not twice in every results file)."""
+    normalized = {k: v for k, v in study.to_json().items() if k != "description"}
     return {
-        b"sqn_ray.study": json.dumps(study.to_json()).encode(),
+        b"sqn_ray.study": json.dumps(normalized).encode(),
         b"sqn_ray.study_yaml": study.text.encode(),
         b"sqn_ray.versions": json.dumps(_versions()).encode(),
         b"sqn_ray.git_revision": _git_revision().encode(),
