@@ -14,7 +14,7 @@ import torch
 
 from .curvature.models import gram_blocks, lbfgs_selection
 from .curvature.sources import SampledPairs
-from .linalg.lbfgs import dense_lbfgs_inverse
+from .linalg.lbfgs import dense_lbfgs_inverse, lbfgs_gamma
 from .linalg.sr1 import CompactSR1, dense_sr1, sr1_filter, sr1_gamma
 from .objective import Objective
 
@@ -68,7 +68,10 @@ def model_matrix(kind: str, S: torch.Tensor, Y: torch.Tensor, *, eps: float = 1e
     keep, gamma = lbfgs_selection(SY, SS, YY, eps)
     if keep.size == 0:
         return torch.eye(d, dtype=torch.float64)
-    H = dense_lbfgs_inverse(S[:, keep], Y[:, keep], gamma)  # "bfgs" = all pairs kept, i.e. unlimited memory
+    if kind == "bfgs":  # "bfgs" = all pairs kept, unlimited memory; the dense method scales H0 once, by its
+        # first accepted pair (N&W eq. 6.20), where L-BFGS rescales by the newest at every iteration
+        gamma = lbfgs_gamma(float(SY[keep[0], keep[0]]), float(YY[keep[0], keep[0]]))
+    H = dense_lbfgs_inverse(S[:, keep], Y[:, keep], gamma)
     return torch.linalg.inv(H)
 
 

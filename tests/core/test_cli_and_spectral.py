@@ -96,3 +96,51 @@ def test_path_pairs_from_a_trajectory():
     S, Y = path_pairs(xs, gs, memory=2)
     torch.testing.assert_close(S, torch.tensor([[0.0, -1.0], [2.0, 1.0]], dtype=torch.float64))
     torch.testing.assert_close(Y, 2 * S)
+
+
+def _pairs_of_an_indefinite_quadratic(d=8, m=6, seed=0):
+    """Pairs y = A s of a symmetric A with negative eigenvalues: some fail the curvature filters."""
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    A = Q @ torch.diag(torch.linspace(-1.0, 4.0, d, dtype=torch.float64)) @ Q.T
+    S = torch.randn(d, m, generator=gen, dtype=torch.float64)
+    return S, A @ S, torch.randn(d, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["s-lsr1", "lsr1", "sr1", "s-lbfgs", "lbfgs", "bfgs"])
+def test_the_spectral_matrix_is_the_methods_own_model(kind):
+    """model_matrix(kind) applied to a vector equals what the method itself does with the same pairs: the
+    line-search methods' direction −H g, the trust-region methods' model on its subspace and complement."""
+    import sqn_ray
+    from sqn_ray.curvature.models import CompactLSR1, DenseBFGSInverse, DenseSR1, LBFGSInverse
+
+    S, Y, g = _pairs_of_an_indefinite_quadratic()
+    B = model_matrix(kind, S, Y)
+    eps = sqn_ray.method_options(kind)["epsilon"]
+    if kind in ("s-lbfgs", "lbfgs", "bfgs"):
+        if kind == "bfgs":  # the dense method sees the pairs one at a time, in order
+            model = DenseBFGSInverse(eps=eps)
+            for i in range(S.shape[1]):
+                model.observe(S[:, i], Y[:, i])
+            p, _ = model.direction(g, None, None)
+        else:
+            p, _ = LBFGSInverse(eps=eps).direction(g, S, Y)
+        torch.testing.assert_close(p, -torch.linalg.solve(B, g), rtol=1e-9, atol=1e-12)
+        return
+    if kind == "sr1":
+        model = DenseSR1(eps=eps)
+        for i in range(S.shape[1]):
+            model.observe(S[:, i], Y[:, i])
+        reduced, _ = model.reduce(g, None, None)
+    else:
+        reduced, _ = CompactLSR1(eps=eps, b0=sqn_ray.method_options(kind)["b0"]).reduce(g, S, Y)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the model's quadratic form on its subspace ...
+        a = torch.randn(len(reduced.g), generator=gen, dtype=torch.float64).numpy()
+        step = reduced.lift(a, 0.0).double()
+        assert reduced.value(a) == pytest.approx(float(g @ step + 0.5 * step @ B @ step), rel=1e-9, abs=1e-12)
+    if reduced.complement_eigenvalue is not None:  # ... and on the rest of R^d
+        basis = torch.linalg.qr(torch.stack([reduced.lift(e, 0.0).double() for e in np.eye(len(reduced.g))], 1))[0]
+        v = torch.randn(g.numel(), generator=gen, dtype=torch.float64)
+        v -= basis @ (basis.T @ v)
+        torch.testing.assert_close(B @ v, reduced.complement_eigenvalue * v, rtol=1e-9, atol=1e-10)
