@@ -173,13 +173,18 @@ def cmd_problems(args) -> int:
 
     from .data import DataNotFetchedError
 
+    width = max(map(len, PROBLEMS)) + 1
     for name in PROBLEMS:
         try:
             p = get_problem(name)
         except DataNotFetchedError:
-            print(f"{name:16s} (data not fetched: run `sqn-ray data fetch mnist`)")
+            dataset = "fashion-mnist" if name.startswith("fashion-") else "mnist"
+            print(f"{name:{width}s} (data not fetched: run `sqn-ray data fetch {dataset}`)")
             continue
-        print(f"{name:16s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
+        except (ValueError, RuntimeError, OSError) as e:  # one problem that cannot be built hides no other
+            print(f"{name:{width}s} (cannot be built here: {e})")
+            continue
+        print(f"{name:{width}s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
     return 0
 
 

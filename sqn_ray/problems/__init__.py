@@ -30,7 +30,9 @@ from .toy import TOY_SIZES, toy_data, toy_fun, toy_oracle
 
 # MNIST problems need the data cache (`sqn-ray data fetch mnist`); "-b<N>" sub-samples N points per batch.
 MNIST_PROBLEMS = ("mnist-mlp", "mnist-cnn", "mnist-mlp-b1000", "mnist-cnn-b1000")
-PROBLEMS = ("toy-small", "toy-medium", "toy-large", "logistic", *MNIST_PROBLEMS)
+# the same networks on Fashion-MNIST (`sqn-ray data fetch fashion-mnist`)
+FASHION_MNIST_PROBLEMS = tuple(f"fashion-{name}" for name in MNIST_PROBLEMS)
+PROBLEMS = ("toy-small", "toy-medium", "toy-large", "logistic", *MNIST_PROBLEMS, *FASHION_MNIST_PROBLEMS)
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -102,7 +104,7 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
     device = torch.device(device)
-    if name in MNIST_PROBLEMS:
+    if name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS:
         from .mnist import make_mnist_problem  # imported here: mnist.py builds on this module's Problem
 
         return make_mnist_problem(name, dtype=dtype, device=device)
@@ -116,13 +118,13 @@ def problem_dim(name: str) -> int | None:
     tells (``logistic``: d follows from its data set)."""
     if name.startswith("toy-") and name.removeprefix("toy-") in TOY_SIZES:
         return param_count(TOY_SIZES[name.removeprefix("toy-")])
-    if name in MNIST_PROBLEMS:
+    if name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS:
         from .mnist import _param_shapes, parse_mnist_name
 
         return sum(math.prod(shape) for shape in _param_shapes(parse_mnist_name(name)[1]))
     return None
 
 
-__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
+__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "FASHION_MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

@@ -187,3 +187,44 @@ def test_real_mnist_problems_if_cached():
     w = p.init(0)
     assert 0.05 < p.accuracy(w) < 0.2 and 0.05 < p.test_accuracy(w) < 0.2  # chance level at the start
     assert abs(p.test_loss(w) - float(p.oracle.loss(w))) < 0.1
+
+
+@pytest.fixture
+def fake_fashion_cache(monkeypatch, tmp_path):
+    """A fake Fashion-MNIST in a cache folder named by SQN_RAY_DATA, as `sqn-ray data fetch` would leave it."""
+    rng = np.random.default_rng(5)
+    files = {"train-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8)),
+             "train-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TRAIN, dtype=np.uint8)),
+             "t10k-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8)),
+             "t10k-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TEST, dtype=np.uint8))}
+    monkeypatch.setitem(DATASETS, "fashion-mnist", replace(DATASETS["fashion-mnist"],
+                                                           pins={k: _sha256(v) for k, v in files.items()}))
+    (tmp_path / "fashion-mnist").mkdir()
+    for k, v in files.items():
+        (tmp_path / "fashion-mnist" / k).write_bytes(v)
+    monkeypatch.setenv("SQN_RAY_DATA", str(tmp_path))
+    M._arrays.cache_clear()
+    yield tmp_path
+    M._arrays.cache_clear()
+
+
+def test_fashion_mnist_problems_work_in_studies_and_are_listed(fake_fashion_cache, capsys):
+    import sqn_ray
+    from sqn_ray.cli import main
+    from sqn_ray.problems import FASHION_MNIST_PROBLEMS, PROBLEMS, get_problem
+    from sqn_ray.study.spec import parse_study
+
+    assert set(FASHION_MNIST_PROBLEMS) <= set(PROBLEMS)
+    study = parse_study({"problems": ["fashion-mnist-mlp", "fashion-mnist-cnn-b1000"], "methods": {"s-lsr1": {"memory": 4}}},
+                        source="fashion.yaml")
+    assert study.problems == ("fashion-mnist-mlp", "fashion-mnist-cnn-b1000")
+    for name in ("fashion-mnist-mlp", "fashion-mnist-cnn"):  # what a trial builds, then runs
+        problem = get_problem(name, dtype=torch.float32)
+        assert problem.n_samples == N_TRAIN and problem.dim == (79_510 if name.endswith("mlp") else 5_994)
+        res = sqn_ray.minimize(problem.oracle, problem.init(0), "s-lsr1", memory=4, max_iters=3, seed=0)
+        assert len(res.history) == 4 and np.isfinite(res.history.loss).all()
+    assert main(["problems"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "d = 79510" in listed["fashion-mnist-mlp"] and "d = 5994" in listed["fashion-mnist-cnn"]
+    # the -b1000 problems need 1,000 training points: the fake set has 40, and the listing says why, in a line
+    assert "cannot be built here: batch_size must be an integer in [1, 40], got 1000" in listed["fashion-mnist-mlp-b1000"]

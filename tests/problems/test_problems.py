@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sqn_ray.problems import MNIST_PROBLEMS, PROBLEMS, Problem, get_problem
+from sqn_ray.problems import FASHION_MNIST_PROBLEMS, MNIST_PROBLEMS, PROBLEMS, Problem, get_problem
 
 # The problems that need no data cache; the MNIST ones are tested on a fake cache in tests/data.
 BUILTIN = ("toy-small", "toy-medium", "toy-large", "logistic")
@@ -31,7 +31,7 @@ def rel_err(a, b):
 
 # -- registry ----------------------------------------------------------------------------------------------
 def test_registry_lists_the_four_problems_with_their_sizes():
-    assert PROBLEMS == BUILTIN + MNIST_PROBLEMS
+    assert PROBLEMS == BUILTIN + MNIST_PROBLEMS + FASHION_MNIST_PROBLEMS
     for name in BUILTIN:
         prob = get_problem(name)
         assert isinstance(prob, Problem)
