@@ -32,7 +32,6 @@ Either experiment may be left out. Nothing here downloads: MNIST must be in the 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import platform
@@ -45,6 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .study.spec import deep_merge
 
 __all__ = ["ScalingSpec", "load_scaling_spec", "parse_scaling_spec", "run_scaling", "measure_throughput",
            "measure_workers", "add_scaling_command", "SyntheticShards", "OPERATIONS", "plot_scaling"]
@@ -89,23 +90,12 @@ class ScalingSpec:
 
 
 def load_scaling_spec(path: str | os.PathLike, *, smoke: bool = False) -> ScalingSpec:
-    import yaml
+    """Read and validate a scaling file, with the study files' YAML reader (``1e-3`` is a float, duplicate
+    keys and alias bombs are refused, the same size limits)."""
+    from .study.spec import read_yaml_file
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ScalingSpecError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ScalingSpecError(f"{path}: not valid YAML: {e}") from None
+    data, _ = read_yaml_file(path, error=ScalingSpecError)
     return parse_scaling_spec(data, source=str(path), smoke=smoke)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = False) -> ScalingSpec:
@@ -139,7 +129,7 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
 
     raw = keys(data if data is not None else {}, "(top level)", TOP_KEYS)
     if smoke and raw.get("smoke") is not None:
-        raw = _merge({k: v for k, v in raw.items() if k != "smoke"}, keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
+        raw = deep_merge({k: v for k, v in raw.items() if k != "smoke"}, keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
     if "problem" in raw and "problems" in raw:
         fail("problems", "give 'problems' (or its alias 'problem'), not both")
     key = "problem" if "problem" in raw else "problems"
@@ -158,7 +148,7 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
         fail("device", f"unknown value {device!r}; allowed: cpu, cuda, auto")
     tp = wk = None
     if raw.get("throughput") is not None:
-        tp = _merge(THROUGHPUT_DEFAULTS, keys(raw["throughput"], "throughput", THROUGHPUT_KEYS))
+        tp = deep_merge(THROUGHPUT_DEFAULTS, keys(raw["throughput"], "throughput", THROUGHPUT_KEYS))
         tp["batch_sizes"] = int_list(tp["batch_sizes"], "throughput.batch_sizes")
         ops = tp["operations"]
         if not isinstance(ops, list) or not ops or any(o not in OPERATIONS for o in ops):
@@ -167,7 +157,7 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
             pos_int(tp[k], f"throughput.{k}")
         pos_int(tp["chunk_size"], "throughput.chunk_size", none_ok=True)
     if raw.get("workers") is not None:
-        wk = _merge(WORKERS_DEFAULTS, keys(raw["workers"], "workers", WORKERS_KEYS))
+        wk = deep_merge(WORKERS_DEFAULTS, keys(raw["workers"], "workers", WORKERS_KEYS))
         wk["counts"] = int_list(wk["counts"], "workers.counts")
         if wk["problems"] is not None:  # a subset of the top-level problems (full-batch CNN iterations are slow on CPUs)
             sub = [wk["problems"]] if isinstance(wk["problems"], str) else wk["problems"]

@@ -55,8 +55,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 __all__ = [
-    "StudySpecError", "Distribution", "Study", "load_study", "parse_study", "METRICS", "TIME_ATTRS",
-    "SEARCH_ALGORITHMS",
+    "StudySpecError", "Distribution", "Study", "CellGrid", "load_study", "parse_study", "read_yaml",
+    "read_yaml_file", "deep_merge", "METRICS", "TIME_ATTRS", "SEARCH_ALGORITHMS",
 ]
 
 TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "budget", "stop", "resources",
@@ -346,24 +346,35 @@ class Study:
 # ------------------------------------------------------------------------------------------------ loading
 def load_study(path: str | Path, *, smoke: bool = False) -> Study:
     """Read and validate a study file; ``smoke`` applies its ``smoke:`` overrides (or a default shrink)."""
+    data, text = read_yaml_file(path)
+    return parse_study(data, source=str(path), smoke=smoke, text=text)
+
+
+def read_yaml_file(path: str | Path, *, error: type[Exception] = StudySpecError) -> tuple[Any, str]:
+    """(data, text) of a YAML file of the platform's (studies, scaling specs), read as :func:`read_yaml`
+    reads text, after the checks a file needs: not a folder, at most :data:`MAX_FILE_BYTES`, UTF-8 text.
+    Every failure is an ``error`` whose message starts with the file's name."""
     path = Path(path)
     try:
         if path.is_dir():
-            raise StudySpecError(f"{path}: is a folder, not a study file")
+            raise error(f"{path}: is a folder, not a file")
         with open(path, "rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        raise StudySpecError(f"{path}: cannot read the study file: {e.strerror}") from None
+        raise error(f"{path}: cannot read the file: {e.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise StudySpecError(f"{path}: the study file is larger than the limit of {MAX_FILE_BYTES:,} bytes")
+        raise error(f"{path}: the file is larger than the limit of {MAX_FILE_BYTES:,} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise StudySpecError(f"{path}: not a text file (not UTF-8: byte {e.start} is {raw[e.start]:#04x}); "
-                             "a study file is YAML text") from None
+        raise error(f"{path}: not a text file (not UTF-8: byte {e.start} is {raw[e.start]:#04x}); "
+                    "expected YAML text") from None
     if "\x00" in text:
-        raise StudySpecError(f"{path}: not a text file (it holds NUL bytes); a study file is YAML text")
-    return parse_study(read_yaml(text, source=str(path)), source=str(path), smoke=smoke, text=text)
+        raise error(f"{path}: not a text file (it holds NUL bytes); expected YAML text")
+    try:
+        return read_yaml(text, source=str(path)), text
+    except StudySpecError as e:
+        raise error(str(e)) from None
 
 
 def read_yaml(text: str, *, source: str = "<study>", max_nodes: int | None = None) -> Any:
@@ -425,11 +436,12 @@ def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text
     return _Parser(source).parse(data, smoke=smoke, text=text)
 
 
-def _deep_merge(base: dict, over: Mapping) -> dict:
+def deep_merge(base: dict, over: Mapping) -> dict:
+    """``base`` with ``over`` merged in, key by key into nested mappings (copies: neither is changed)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
+            out[k] = deep_merge(dict(out[k]), v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -527,7 +539,7 @@ class _Parser:
             smoke_block = {k: v for k, v in DEFAULT_SMOKE.items() if not (grid and k == "search")}
         spec = {k: v for k, v in raw.items() if k != "smoke"}
         if smoke:
-            spec = _deep_merge(spec, smoke_block)
+            spec = deep_merge(spec, smoke_block)
             self.suffix = " (after applying the study's smoke: overrides for --smoke)"
 
         stem = Path(self.source).stem if self.source != "<study>" else "study"

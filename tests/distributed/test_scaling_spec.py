@@ -49,3 +49,13 @@ def test_cli_validate(capsys):
     args = parser.parse_args(["scaling", str(ROOT / "nope.yaml"), "--validate"])
     with pytest.raises(ValueError, match="cannot read"):
         args.handler(args)
+
+
+def test_scaling_files_are_read_as_study_files_are(tmp_path):
+    """One YAML reader: 1e-3 is a float (PyYAML alone reads a string), duplicate keys are refused."""
+    path = tmp_path / "s.yaml"
+    path.write_text("problem: synthetic-mlp\nworkers: {counts: [1, 2], sg_lr: 1e-3}\n")
+    assert load_scaling_spec(path).workers["sg_lr"] == 0.001
+    path.write_text("problem: synthetic-mlp\nworkers: {counts: [1]}\nworkers: {counts: [2]}\n")
+    with pytest.raises(ScalingSpecError, match=f"{path}: not valid YAML: duplicate key 'workers'"):
+        load_scaling_spec(path)

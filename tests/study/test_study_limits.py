@@ -97,7 +97,7 @@ def test_values_quoted_in_errors_are_cut(tmp_path):
 def test_a_file_over_the_size_limit_is_refused_unread(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text("problems: [toy-small]\nmethods: [gd]\n#" + "x" * MAX_FILE_BYTES)
-    assert error_of(path) == f"{path}: the study file is larger than the limit of {MAX_FILE_BYTES:,} bytes"
+    assert error_of(path) == f"{path}: the file is larger than the limit of {MAX_FILE_BYTES:,} bytes"
 
 
 def test_a_long_description_is_refused(tmp_path):
@@ -168,8 +168,8 @@ def test_binary_garbage_names_the_file(tmp_path, payload):
 
 
 def test_a_folder_or_a_missing_file_names_itself(tmp_path):
-    assert error_of(tmp_path) == f"{tmp_path}: is a folder, not a study file"
-    assert error_of(tmp_path / "none.yaml").startswith(f"{tmp_path / 'none.yaml'}: cannot read the study file")
+    assert error_of(tmp_path) == f"{tmp_path}: is a folder, not a file"
+    assert error_of(tmp_path / "none.yaml").startswith(f"{tmp_path / 'none.yaml'}: cannot read the file")
 
 
 # ------------------------------------------------------------------------------------ linear in the grid size
