@@ -10,7 +10,7 @@ STUDY  ?= studies/paper-toy.yaml
 OUT    ?= results/paper-toy
 SQN    := $(VENV)/bin/sqn-ray
 
-.PHONY: setup run test test-fast check bench clean
+.PHONY: setup run test test-fast lint check bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: setup                       ## the whole suite, slow end-to-end tests incl
 
 test-fast: setup                  ## everything but the end-to-end tests marked slow
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup                       ## ruff (pyproject.toml's [tool.ruff]): pycodestyle, pyflakes, bugbear
+	$(VENV)/bin/ruff check .
 
 check: setup                      ## the outside contract checks, run as a user would
 	@for c in ../shared/checks/*.py; do [ -f "$$c" ] && $(PY) "$$c" || exit 1; done

@@ -78,7 +78,8 @@ def add_eigen_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sampling", default="hvp", help="hvp (Option II, default) or grad-diff (Option I)")
     p.add_argument("--max-iters", type=int, default=1000, help="iteration budget of the trajectory")
     p.add_argument("--pair-seed", type=int, help="seed of the pairs sampled at each point (default: --seed)")
-    p.add_argument("--out", "-o", default=str(DEFAULT_OUT), metavar="FILE", help=f"output Parquet (default {DEFAULT_OUT})")
+    p.add_argument("--out", "-o", default=str(DEFAULT_OUT), metavar="FILE",
+                   help=f"output Parquet (default {DEFAULT_OUT})")
     p.set_defaults(handler=eigen_command)
     return p
 

@@ -24,8 +24,10 @@ Everything is deterministic for a given seed: rerunning gives the same file.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -83,7 +85,8 @@ def choose_points(history: pd.DataFrame, target: float | None, plateau_tol: floa
         row = history.iloc[len(history) // 2]
         why = "middle of a trajectory too short to have a plateau"
     points["plateau"] = (int(row["iteration"]), why)
-    points["solution"] = (last, "first iterate at the target accuracy" if solved else "last iterate (target not reached)")
+    points["solution"] = (last,
+                          "first iterate at the target accuracy" if solved else "last iterate (target not reached)")
     return points
 
 
@@ -161,3 +164,17 @@ def write_eigen(path: str | Path = DEFAULT_OUT, **kwargs) -> tuple[Path, pd.Data
         extra = {}
     path = write_parquet_atomic(df, path, metadata={"sqn_ray.eigen": meta, **extra})
     return path, df, meta
+
+
+@functools.lru_cache(maxsize=None)
+def library_problem_size(name: str) -> dict[str, Any]:
+    """``{"n": samples, "d": parameters, "target": target accuracy}`` of a named problem (None values if the
+    problem library does not know it), built from the problem library (this module computes along runs; the
+    report's readers take n and d from the results instead)."""
+    try:
+        from sqn_ray.problems import get_problem
+
+        p = get_problem(name)
+        return {"n": int(p.n_samples), "d": int(p.dim), "target": p.target_accuracy}
+    except Exception:  # noqa: BLE001 - an unknown or unavailable problem just has no size
+        return {"n": None, "d": None, "target": None}

@@ -263,7 +263,8 @@ def robustness(study: Study) -> Figure:
         axes = np.atleast_2d(fig.subplots(3, len(problems), squeeze=False))
         for r, axis in enumerate(("iteration", "grad_equivalents")):
             prof = T.profile(study, axis)
-            budget_max = float(pd.to_numeric(study.iterations.get(axis), errors="coerce").max()) if len(study.iterations) else 1.0
+            budget_max = (float(pd.to_numeric(study.iterations.get(axis), errors="coerce").max())
+                          if len(study.iterations) else 1.0)
             for c, problem in enumerate(problems):
                 ax = axes[r, c]
                 p = prof[prof["problem"] == problem]
@@ -417,11 +418,16 @@ def cost(study: Study) -> Figure:
             ax.set_yticks(range(len(c.index)), [])
             ax.set_title(f"{problem}: measured gradient-equivalents vs poster cost", fontsize=9)
             ax = axes[i, 2]
-            if len(th):
-                st = th.reindex([cf for cf in c.index if cf in th.index])
+            st = th.reindex([cf for cf in c.index if cf in th.index]) if len(th) else th
+            if len(st) and not pd.to_numeric(st["storage (floats)"], errors="coerce").notna().any():
+                ax.set_axis_off()  # results written before n and d were recorded with them
+                ax.text(0.5, 0.5, "the results do not record this problem's n and d", ha="center", va="center",
+                        color="0.4", transform=ax.transAxes)
+            elif len(st):
                 ax.barh([ypos[cf] for cf in st.index], st["storage (floats)"], color="0.6", height=0.6)
                 for cf, row in st.iterrows():
-                    ax.text(row["storage (floats)"], ypos[cf], f"  {row['storage formula']} = {row['storage (floats)']:,.0f}",
+                    ax.text(row["storage (floats)"], ypos[cf],
+                            f"  {row['storage formula']} = {row['storage (floats)']:,.0f}",
                             va="center", fontsize=8)
                 ax.set_xscale("log")
                 ax.set_xlim(1, float(st["storage (floats)"].max()) * 300)  # bars from 1 float; room for the labels
@@ -432,8 +438,8 @@ def cost(study: Study) -> Figure:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, "no method of the poster's table in the study", ha="center", va="center",
                         color="0.4", transform=ax.transAxes)
-            ax.set_title(f"{problem}: storage (n={T.problem_size(problem)['n']}, d={T.problem_size(problem)['d']})",
-                         fontsize=9)
+            size = study.problem_size(problem)
+            ax.set_title(f"{problem}: storage (n={size['n']}, d={size['d']})", fontsize=9)
         h1, l1 = axes[0, 0].get_legend_handles_labels()
         h2, l2 = axes[0, 1].get_legend_handles_labels()
         fig.legend(h1 + h2, l1 + l2, loc="outside right center", frameon=False, title="time phase / grad-eq kind")
@@ -448,7 +454,8 @@ def eigen_spectra(study_or_eigen) -> Figure:
     title = "5. Eigenvalue spectra along an S-LSR1 trajectory: true Hessian vs quasi-Newton approximations"
     eig = study_or_eigen.eigen if isinstance(study_or_eigen, Study) else study_or_eigen
     if eig is None or len(eig) == 0:
-        return _no_data(title, "no eigen.parquet beside the study (make it with `sqn-ray eigen --out DIR/eigen.parquet`)")
+        return _no_data(title,
+                        "no eigen.parquet beside the study (make it with `sqn-ray eigen --out DIR/eigen.parquet`)")
     points = [p for p in T.POINTS if p in set(eig["point"])] + sorted(set(eig["point"]) - set(T.POINTS))
     families = [("SR1 family", ["s-lsr1", "lsr1", "sr1"]), ("BFGS family", ["s-lbfgs", "lbfgs", "bfgs"])]
     colors = {"hessian": "black", "s-lsr1": "#d62728", "lsr1": "#1f77b4", "sr1": "#2ca02c",

@@ -71,8 +71,8 @@ def _per_problem(study: Study) -> list[Finding]:
         ranked = s.assign(_ge=s["median grad-eq to target"].fillna(np.inf)).sort_values(
             ["solved %", "_ge"], ascending=[False, True])
         best = ranked.iloc[0]
-        text = (f"most robust: {best['config']}, {_frac(int(best['solved']), int(best['trials']))} of its seeds reached "
-                f"{tgt}, median {_g(best['median iterations to target'])} iterations and "
+        text = (f"most robust: {best['config']}, {_frac(int(best['solved']), int(best['trials']))} of its seeds "
+                f"reached {tgt}, median {_g(best['median iterations to target'])} iterations and "
                 f"{_g(best['median grad-eq to target'])} gradient-equivalents to get there")
         solvers = s[s["solved %"] >= 50]
         if len(solvers):
@@ -98,7 +98,8 @@ def _claims(study: Study) -> list[Finding]:
             if others:
                 s = rate.loc["s-lsr1"]
                 text = (f"S-LSR1 reached the target in {_frac(int(s['sum']), int(s['size']))} of its runs; "
-                        + ", ".join(f"{m} in {_frac(int(rate.loc[m, 'sum']), int(rate.loc[m, 'size']))}" for m in others))
+                        + ", ".join(f"{m} in {_frac(int(rate.loc[m, 'sum']), int(rate.loc[m, 'size']))}"
+                                    for m in others))
                 best_other = max(rate.loc[m, "sum"] / rate.loc[m, "size"] for m in others)
                 mine = s["sum"] / s["size"]
                 verdict = ("consistent with the paper (S-LSR1 more robust than the classical and first-order methods)"
@@ -113,7 +114,8 @@ def _claims(study: Study) -> list[Finding]:
             better = ra > rb or (ra == rb and fl["s-lbfgs"] < fl["lbfgs"])
             text = (f"S-LBFGS solved {_frac(int(a['sum']), int(a['size']))} (median final loss {_g(fl['s-lbfgs'])}), "
                     f"LBFGS {_frac(int(b['sum']), int(b['size']))} ({_g(fl['lbfgs'])})")
-            verdict = "S-LBFGS ahead, as the paper reports" if better else "LBFGS not behind S-LBFGS here, unlike the paper"
+            verdict = ("S-LBFGS ahead, as the paper reports" if better else
+                       "LBFGS not behind S-LBFGS here, unlike the paper")
             if "s-lsr1" in rate.index:
                 c = rate.loc["s-lsr1"]
                 rc = c["sum"] / c["size"]
@@ -131,7 +133,8 @@ def _plateau(study: Study) -> list[Finding]:
     if hits.empty:
         return [Finding("Saddle plateau", f"no run ended on the plateau (final loss within 0.01 of ln 2 ≈ {LN2:.4f} "
                                           "without reaching the target).")]
-    parts = [f"{r['config']} {int(r['plateau'])}/{int(r['trials'])}" + (f" on {r['problem']}" if len(study.problems) > 1 else "")
+    parts = [f"{r['config']} {int(r['plateau'])}/{int(r['trials'])}"
+             + (f" on {r['problem']}" if len(study.problems) > 1 else "")
              for _, r in hits.iterrows()]
     return [Finding("Saddle plateau", f"runs that ended on the plateau (final loss within 0.01 of ln 2 ≈ {LN2:.4f}, "
                                       f"target not reached): {', '.join(parts)}.")]
@@ -143,7 +146,8 @@ def _invariance(study: Study) -> list[Finding]:
         return []
     out = []
     for sampling, g in inv.groupby("sampling", sort=False):
-        name = "Option II (hvp)" if sampling == "hvp" else "Option I (grad-diff)" if sampling == "grad-diff" else sampling
+        name = ("Option II (hvp)" if sampling == "hvp" else
+                "Option I (grad-diff)" if sampling == "grad-diff" else sampling)
         dev = float(g["max |Δ loss|"].max())
         radii = sorted({r for s in g["radii"] for r in s.split(", ")}, key=float)
         spread = g["spread"].replace(np.inf, np.nan)
@@ -178,7 +182,7 @@ def _cost(study: Study) -> list[Finding]:
                     f"({_g(slow['ms / iteration'])} ms, {_g(slow['grad-eq / iteration'])} gradient-equivalents)")
         t = th[th["problem"] == problem] if len(th) else th
         if len(t):
-            size = T.problem_size(problem)
+            size = study.problem_size(problem)
             pairs = "; ".join(f"{r['config']} {_g(r['measured grad-eq / iteration'])} vs {_g(r['cost / nd'])}"
                               for _, r in t.iterrows())
             text += (f". Measured gradient-equivalents per iteration vs the poster's cost / nd at n = {size['n']}, "
@@ -192,8 +196,9 @@ def _anchors(study: Study) -> list[Finding]:
     out = []
     for _, r in ap.iterrows():
         out.append(Finding(f"Anchors, {r['problem']}",
-                           f"{r['ours']} vs {r['anchor']} from the same {r['common seeds']} initial point(s): same outcome "
-                           f"on {r['same outcome']}, solved {r['solved (ours)']} vs {r['solved (anchor)']}; median final "
+                           f"{r['ours']} vs {r['anchor']} from the same {r['common seeds']} initial point(s): "
+                           f"same outcome on {r['same outcome']}, solved {r['solved (ours)']} vs "
+                           f"{r['solved (anchor)']}; median final "
                            f"loss {_g(r['median final loss (ours)'])} vs {_g(r['median final loss (anchor)'])} "
                            f"(median |Δ| {_g(r['median |Δ final loss|'])})."))
     return out
@@ -226,7 +231,8 @@ def _eigen(study: Study) -> list[Finding]:
     if npts and any(closer.values()):
         best = max(closer, key=closer.get)
         label = {"s-lsr1": "S-LSR1", "lsr1": "LSR1", "sr1": "SR1"}[best]
-        verdict = ("consistent with the poster: the sampled matrix recovers the extreme eigenvalues, negative ones included"
+        verdict = ("consistent with the poster: the sampled matrix recovers the extreme eigenvalues, "
+                   "negative ones included"
                    if best == "s-lsr1" else "not what the poster shows (there S-LSR1 is closest)")
         out.append(Finding("Spectra", f"{label} has the extreme eigenvalues closest to the true Hessian's at "
                                       f"{closer[best]} of {npts} points: {verdict}."))

@@ -13,7 +13,6 @@ trials in this study (``s-lsr1 [m=5, Option I]``), so that seeds of one configur
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -72,17 +71,13 @@ def _method_rank(method: str) -> tuple:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
-@functools.lru_cache(maxsize=None)
 def problem_size(name: str) -> dict[str, Any]:
-    """``{"n": samples, "d": parameters, "target": target accuracy}`` of a named problem (None values if the
-    problem library does not know it). Computed from the problem definition, not read from any run."""
-    try:
-        from sqn_ray.problems import get_problem
+    """``{"n", "d", "target"}`` of a named problem built from the problem library (kept for notebooks; the
+    analysis reads a study's own record instead: :meth:`Study.problem_size`). See
+    :func:`analysis.eigen.library_problem_size`."""
+    from .eigen import library_problem_size
 
-        p = get_problem(name)
-        return {"n": int(p.n_samples), "d": int(p.dim), "target": p.target_accuracy}
-    except Exception:  # noqa: BLE001 - an unknown or unavailable problem just has no size
-        return {"n": None, "d": None, "target": None}
+    return library_problem_size(name)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -150,6 +145,15 @@ class Study:
         names = self.trials["study"].dropna().unique() if "study" in self.trials else []
         return str(names[0]) if len(names) else self.path.name
 
+    def problem_size(self, name: str) -> dict[str, Any]:
+        """``{"n", "d", "target"}`` of a problem as the study's trials built it (the results' ``sqn_ray.problems``
+        metadata; None values for files written before it was recorded). No problem is built here."""
+        known = self.metadata.get("sqn_ray.problems")
+        entry = known.get(name) if isinstance(known, dict) else None
+        if not isinstance(entry, dict):
+            return {"n": None, "d": None, "target": None}
+        return {"n": entry.get("n"), "d": entry.get("d"), "target": entry.get("target_accuracy")}
+
     @property
     def description(self) -> str:
         """The study file's description: stored once, in the file's text (``sqn_ray.study_yaml``); files
@@ -213,14 +217,15 @@ def _option_columns(trials: pd.DataFrame, iterations: pd.DataFrame) -> list[str]
     return sorted(n for n in names if n in trials.columns or n in iterations.columns)
 
 
-def _derive_trials(iterations: pd.DataFrame, options: list[str]) -> pd.DataFrame:
-    """One row per trial from its iterations (used when trials.parquet is missing or lags behind)."""
+def _derive_trials(iterations: pd.DataFrame, options: list[str], problems: dict | None = None) -> pd.DataFrame:
+    """One row per trial from its iterations (used when trials.parquet is missing or lags behind);
+    ``problems``: the results' ``sqn_ray.problems`` metadata (each problem's target accuracy)."""
     rows = []
     for tid, t in iterations.groupby("trial_id", sort=True):
         t = t.sort_values("iteration")
         first = t.iloc[0]
         acc = t["accuracy"]
-        target = problem_size(str(first["problem"]))["target"]
+        target = ((problems or {}).get(str(first["problem"])) or {}).get("target_accuracy")
         hit = t[acc >= target] if target is not None else t.iloc[:0]
         loss = t["loss"].replace([np.inf, -np.inf], np.nan)
         row = {k: first.get(k) for k in ("study", "cell", "variant", "problem", "method", "seed", *options)
@@ -242,7 +247,8 @@ def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
     trials = trials.copy()
     labels, keys = {}, {}
     for method, t in trials.groupby("method", sort=False):
-        varying = [o for o in options if o in t and t[o].map(lambda v: "∅" if _is_missing(v) else repr(v)).nunique() > 1]
+        varying = [o for o in options
+                   if o in t and t[o].map(lambda v: "∅" if _is_missing(v) else repr(v)).nunique() > 1]
         for idx, row in t.iterrows():
             opts = {o: row[o] for o in varying if not _is_missing(row[o])}
             labels[idx] = config_label(str(method), opts)
@@ -283,13 +289,14 @@ def load_study(path: str | Path, *, eigen: str | Path | None = None) -> Study:
         if c not in iterations:
             raise ValueError(f"{it_path}: missing column {c!r}; not a study's iterations file")
     options = _option_columns(trials, iterations)
+    problems = metadata.get("sqn_ray.problems") if isinstance(metadata.get("sqn_ray.problems"), dict) else {}
 
     if len(trials.columns) == 0:
-        trials = _derive_trials(iterations, options) if len(iterations) else pd.DataFrame()
+        trials = _derive_trials(iterations, options, problems) if len(iterations) else pd.DataFrame()
     else:  # summaries only for trials the trials file does not list yet (a study being written)
         unlisted = iterations[~iterations["trial_id"].isin(trials["trial_id"])]
         if len(unlisted):
-            missing = _derive_trials(unlisted, options)
+            missing = _derive_trials(unlisted, options, problems)
             trials = pd.concat([trials, missing.assign(status="running")], ignore_index=True)
     if len(trials) == 0:
         raise ValueError(f"{path}: the study has no trials yet")

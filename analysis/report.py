@@ -80,7 +80,8 @@ table.data{border-collapse:collapse;font-size:.82em;margin:.8em 0} table.data th
 padding:.2em .5em;text-align:right} table.data th{background:#f3f3f3} table.data td:first-child,
 table.data td:nth-child(2){text-align:left}
 .nodata{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
-.error{background:#fdecea;border-left:4px solid #d93025;padding:.4em .8em;white-space:pre-wrap;font-family:monospace;font-size:.85em}
+.error{background:#fdecea;border-left:4px solid #d93025;padding:.4em .8em;white-space:pre-wrap;\
+font-family:monospace;font-size:.85em}
 ul.findings li{margin:.3em 0} details{margin:.6em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
 .files{font-size:.85em;color:#555}
 """
@@ -235,8 +236,9 @@ def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"),
         for name, fn_t in figure_tables.get(stem, []):
             parts.append(table(name, fn_t))
     parts.append("<h2>Trials</h2><details><summary>every trial (trials.parquet)</summary>"
-                 + table("trials", lambda: study.trials[[c for c in study.trials.columns
-                                                          if not c.startswith("_") and c not in ("cell", "variant", "error")]])
+                 + table("trials",
+                         lambda: study.trials[[c for c in study.trials.columns
+                                               if not c.startswith("_") and c not in ("cell", "variant", "error")]])
                  + "</details>")
     yaml_text = study.metadata.get("sqn_ray.study_yaml")
     if isinstance(yaml_text, str) and yaml_text.strip():

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .load import ANCHORS, LN2, SAMPLED, Study, problem_size
+from .load import ANCHORS, LN2, SAMPLED, Study, problem_size  # noqa: F401 - problem_size: its old home
 
 __all__ = ["summary_table", "profile", "sensitivity_table", "radius_invariance", "iteration_costs", "cost_table",
            "theory_table", "anchor_table", "anchor_pairs", "eigen_table", "plateau_table", "POSTER", "PHASES",
@@ -229,7 +229,7 @@ def theory_table(study: Study) -> pd.DataFrame:
         if method not in POSTER:
             continue
         name, cost_f, cost, store_f, store, kname = POSTER[method]
-        size = problem_size(problem)
+        size = study.problem_size(problem)
         n, d = size["n"], size["d"]
         m = float(pd.to_numeric(t["memory"], errors="coerce").median()) if "memory" in t else math.nan
         if method in ("bfgs", "sr1"):

@@ -4,10 +4,10 @@ The objective is ``mnist-mlp`` (784-100-10, tanh, d = 79,510, float32 by default
 :class:`sqn_ray.distributed.DataParallelOracle`: the 60,000 training images split into contiguous shards, one
 per Ray actor, each actor one CPU and one torch thread, each building its shard from the local MNIST cache.
 The driver uses one torch thread (its share of an iteration is small; more threads would spin on
-the workers' cores). Both configurations stay up side by side (a local Ray with 3 logical CPUs; only one computes at a time) and
-are timed in interleaved rounds: in each round both run the same ``sqn_ray.minimize(..., "s-lsr1", memory=16,
-sampling="hvp")`` from the same point with the same seed (same trajectory), and the time per iteration is the
-mean over the timed iterations (the initial gradient at w0 is not part of an iteration). Reported: median
+the workers' cores). Both configurations stay up side by side (a local Ray with 3 logical CPUs; only one computes
+at a time) and are timed in interleaved rounds: in each round both run the same ``sqn_ray.minimize(..., "s-lsr1",
+memory=16, sampling="hvp")`` from the same point with the same seed (same trajectory), and the time per iteration is
+the mean over the timed iterations (the initial gradient at w0 is not part of an iteration). Reported: median
 seconds per iteration for each configuration, the median of the per-round ratios t(2 workers) / t(1 worker)
 (target ≤ 0.65), the slowest worker's compute time and the rest (communication, scheduling, driver), and the
 values sent per iteration.
@@ -84,7 +84,6 @@ def main(argv=None) -> int:
         builder = MNISTShards(name="mnist-mlp", dtype=args.dtype, chunk_size=args.chunk_size)
         data = "MNIST 60,000 training images"
 
-    import ray
 
     # The driver's own work per iteration (sampling S, Gram matrices, the TR solve) is small; with torch's default
     # of one thread per core its thread pool would spin on the very cores the two workers compute on.

@@ -100,7 +100,7 @@ def make_ops(sizes, X, labels, dtype, m: int, include_autograd: bool):
                 AutogradOracle(fun, d, dtype, hvp_backend=backend))
         for backend in ("vmap", "loop"):
             ops[f"AutogradOracle[{backend}] Option I, {m} grads"] = (
-                lambda o=AutogradOracle(fun, d, dtype, grads_backend=backend): o.grads(W))
+                lambda o=AutogradOracle(fun, d, dtype, grads_backend=backend): o.grads(W))  # noqa: B008 - bound per backend
     return baseline, ops
 
 

@@ -106,7 +106,8 @@ class LiveTable:
         knob = r["trust_radius"] if not math.isnan(r["trust_radius"]) else r["step_size"]
         print(f"{r['iteration']:>5d} {r['loss']:>12.6g} {r['accuracy']:>6.3f} {r['grad_norm']:>9.3g} {r['n_fun']:>6d} "
               f"{r['n_grad']:>6d} {r['n_hvp']:>7d} {r['grad_equivalents']:>9.1f} {knob:>11.4g} "
-              f"{'y' if r['accepted'] else 'n':>4} {r['pairs_kept']:>5d} {r['wall_time']:>7.2f}", file=self.out, flush=True)
+              f"{'y' if r['accepted'] else 'n':>4} {r['pairs_kept']:>5d} {r['wall_time']:>7.2f}",
+              file=self.out, flush=True)
 
 
 def cmd_run(args) -> int:

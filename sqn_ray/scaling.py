@@ -52,16 +52,16 @@ __all__ = ["ScalingSpec", "load_scaling_spec", "parse_scaling_spec", "run_scalin
 
 OPERATIONS = ("loss", "gradient", "hvp-batch", "grad-batch")
 PROBLEMS = ("mnist-mlp", "mnist-cnn", "synthetic-mlp")
-TOP_KEYS = ("name", "description", "problems", "problem", "n_train", "dtype", "device", "throughput", "workers", "smoke",
-            "data_dir")
+TOP_KEYS = ("name", "description", "problems", "problem", "n_train", "dtype", "device", "throughput", "workers",
+            "smoke", "data_dir")
 THROUGHPUT_KEYS = ("batch_sizes", "operations", "memory", "repeats", "threads", "chunk_size")
 WORKERS_KEYS = ("problems", "counts", "memory", "iterations", "sg_batch_size", "sg_steps", "sg_lr", "cpus_per_worker",
                 "gpus_per_worker", "threads_per_worker", "seed", "chunk_size")
 THROUGHPUT_DEFAULTS = {"batch_sizes": [64, 256, 1024, 4096], "operations": list(OPERATIONS[:3]), "memory": 16,
                        "repeats": 5, "threads": 1, "chunk_size": None}
-WORKERS_DEFAULTS = {"problems": None, "counts": [1, 2], "memory": 16, "iterations": 3, "sg_batch_size": 128, "sg_steps": None,
-                    "sg_lr": 0.1, "cpus_per_worker": 1, "gpus_per_worker": 0, "threads_per_worker": None, "seed": 0,
-                    "chunk_size": 10_000}
+WORKERS_DEFAULTS = {"problems": None, "counts": [1, 2], "memory": 16, "iterations": 3, "sg_batch_size": 128,
+                    "sg_steps": None, "sg_lr": 0.1, "cpus_per_worker": 1, "gpus_per_worker": 0,
+                    "threads_per_worker": None, "seed": 0, "chunk_size": 10_000}
 SYNTHETIC_N = 10_000
 
 
@@ -129,7 +129,8 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
 
     raw = keys(data if data is not None else {}, "(top level)", TOP_KEYS)
     if smoke and raw.get("smoke") is not None:
-        raw = deep_merge({k: v for k, v in raw.items() if k != "smoke"}, keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
+        raw = deep_merge({k: v for k, v in raw.items() if k != "smoke"},
+                         keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
     if "problem" in raw and "problems" in raw:
         fail("problems", "give 'problems' (or its alias 'problem'), not both")
     key = "problem" if "problem" in raw else "problems"
@@ -159,7 +160,8 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
     if raw.get("workers") is not None:
         wk = deep_merge(WORKERS_DEFAULTS, keys(raw["workers"], "workers", WORKERS_KEYS))
         wk["counts"] = int_list(wk["counts"], "workers.counts")
-        if wk["problems"] is not None:  # a subset of the top-level problems (full-batch CNN iterations are slow on CPUs)
+        # a subset of the top-level problems (full-batch CNN iterations are slow on CPUs)
+        if wk["problems"] is not None:
             sub = [wk["problems"]] if isinstance(wk["problems"], str) else wk["problems"]
             if not isinstance(sub, list) or not sub or any(x not in problems for x in sub):
                 fail("workers.problems", f"expected a non-empty subset of {problems}, got {wk['problems']!r}")
@@ -179,7 +181,8 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
     if tp is None and wk is None:
         fail("(top level)", "nothing to measure: give 'throughput', 'workers' or both")
     return ScalingSpec(name=str(raw.get("name") or Path(source).stem), description=str(raw.get("description", "")),
-                       problems=tuple(problems), problem=problems[0], n_train=pos_int(raw.get("n_train"), "n_train", none_ok=True), dtype=dtype,
+                       problems=tuple(problems), problem=problems[0],
+                       n_train=pos_int(raw.get("n_train"), "n_train", none_ok=True), dtype=dtype,
                        device=device, data_dir=raw.get("data_dir"), throughput=tp, workers=wk, source=source,
                        smoke=smoke)
 
@@ -453,7 +456,8 @@ def plot_scaling(out_dir: str | os.PathLike) -> dict[str, Path]:
             label = f"{prob}: {label}" if several else label
             ax.plot(g["batch_size"], g["samples_per_second"], marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples / second",
-               title=f"one {df['device'].iloc[0]} device, {df['dtype'].iloc[0]}, {int(df['threads'].iloc[0])} thread(s)")
+               title=f"one {df['device'].iloc[0]} device, {df['dtype'].iloc[0]}, "
+                     f"{int(df['threads'].iloc[0])} thread(s)")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         written["throughput_figure"] = _save(plt, fig, out / "throughput.png")
     if (out / "workers.parquet").exists():

@@ -78,7 +78,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def encode_idx(array: np.ndarray) -> bytes:
     """The idx bytes of ``array`` (the inverse of :func:`parse_idx`; used to build test fixtures)."""
     array = np.asarray(array)
-    for code, dtype in IDX_TYPES.items():
+    for code, dtype in IDX_TYPES.items():  # noqa: B007 - the code found is used after the loop
         if dtype.newbyteorder("=") == array.dtype.newbyteorder("="):
             break
     else:

@@ -170,7 +170,7 @@ def exact_tr(model: ReducedModel, radius: float, *, rtol: float = 1e-12, max_new
     sigma = hi
     a_lo = lo
     iters = 0
-    for iters in range(1, max_newton + 1):
+    for iters in range(1, max_newton + 1):  # noqa: B007 - the count is reported after the loop
         q = gh / (lam + sigma)
         pn = float(np.linalg.norm(q))
         if abs(pn - radius) <= rtol * radius:

@@ -149,7 +149,8 @@ class SQNOptimizer(torch.optim.Optimizer):
             self._state = self._runner.start(self._objective, w)
             self._record(self._runner.initial_fields(self._state))
         elif not torch.equal(w, self._state.w):
-            raise RuntimeError("the parameters were changed outside SQNOptimizer.step; quasi-Newton state would be stale")
+            raise RuntimeError("the parameters were changed outside SQNOptimizer.step; "
+                               "quasi-Newton state would be stale")
         self._state, fields = self._runner.step(self._objective, self._state)
         self._record(fields)
         with torch.no_grad():

@@ -122,12 +122,14 @@ def minimize(fun, w0: torch.Tensor, method: str = "s-lsr1", *, max_iters: int = 
         records.append(record)
         last.update(x=w, loss=f)
         if not (math.isfinite(f) and math.isfinite(grad_norm)):
-            return "diverged", f"non-finite {'loss' if not math.isfinite(f) else 'gradient'} at iteration {record['iteration']}"
+            return "diverged", (f"non-finite {'loss' if not math.isfinite(f) else 'gradient'} "
+                                f"at iteration {record['iteration']}")
         if callback is not None and callback(x=w, record=record):
             return "callback", f"callback requested stop at iteration {record['iteration']}"
         return None
 
     status, message = runner.run(objective, w0, max_iters, gtol, emit)
-    history = pd.DataFrame.from_records(records, columns=list(dict.fromkeys([*RECORD_FIELDS, *(records[0] if records else {})])))
+    history = pd.DataFrame.from_records(
+        records, columns=list(dict.fromkeys([*RECORD_FIELDS, *(records[0] if records else {})])))
     return MinimizeResult(x=last["x"], loss=last["loss"], status=status, message=message, history=history,
                           method=method, options={k: v for k, v in opts.items() if k != "directions"})

@@ -125,6 +125,7 @@ def problem_dim(name: str) -> int | None:
     return None
 
 
-__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "FASHION_MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim", "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
+__all__ = ["PROBLEMS", "MNIST_PROBLEMS", "FASHION_MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim",
+           "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

@@ -56,8 +56,6 @@ numpy views) are not: call :meth:`MLPOracle.clear_cache` after those.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 

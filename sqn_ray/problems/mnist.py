@@ -42,10 +42,10 @@ import torch.nn.functional as F
 
 from ..data import DataNotFetchedError
 from ..data import load as load_dataset
-from ..distributed import Shard, chunked_oracle, shard_bounds
 from ..objective import AutogradOracle, module_objective_fun
 from . import Problem
 from .mlp import MLPOracle, mlp_logits, param_count
+from .shards import Shard, chunked_oracle, shard_bounds
 
 __all__ = ["MNIST_PROBLEMS", "FASHION_PROBLEMS", "MNISTProblem", "make_mnist_problem", "parse_mnist_name",
            "SubsampledOracle", "MNISTShards", "make_cnn", "MLP_SIZES", "ACTIVATION", "CHUNK_SIZE"]
@@ -184,7 +184,8 @@ class _Model:
             params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
             return torch.func.functional_call(self.module, params, (X,))
 
-    def evaluate(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor, chunk: int = CHUNK_SIZE) -> tuple[float, float]:
+    def evaluate(self, w: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                 chunk: int = CHUNK_SIZE) -> tuple[float, float]:
         """(mean loss, accuracy) over all rows, in chunks."""
         loss, correct = 0.0, 0
         for lo in range(0, len(y), chunk):
@@ -369,7 +370,7 @@ def _rebuild(recipe: dict) -> MNISTProblem:
 class MNISTShards:
     """Picklable shard builder for :class:`~sqn_ray.distributed.DataParallelOracle`: each worker reads the cached
     data from ITS OWN disk (``sqn-ray data fetch mnist`` on every node, or a shared ``data_dir``), keeps the
-    contiguous block of training rows :func:`~sqn_ray.distributed.shard_bounds` gives it, and builds the
+    contiguous block of training rows :func:`~sqn_ray.problems.shards.shard_bounds` gives it, and builds the
     problem's full-batch oracle on it (chunked). ``n_train`` limits the training set to its first rows."""
 
     name: str = "mnist-mlp"

@@ -14,8 +14,10 @@
   ``hostname``, ``device``, ``gpu_ids``, ``threads``, ``restarts`` (worker deaths retried),
   ``metric``/``metric_value``/``rank``.
 
-Both files carry, in the Parquet schema metadata, ``sqn_ray.study`` (the normalized study, JSON),
-``sqn_ray.study_yaml`` (the file as written), ``sqn_ray.versions`` (JSON) and ``sqn_ray.git_revision``;
+Both files carry, in the Parquet schema metadata, ``sqn_ray.study`` (the normalized study, JSON, without
+its description), ``sqn_ray.study_yaml`` (the file as written), ``sqn_ray.problems`` (JSON: each problem's
+``n``, ``d`` and ``target_accuracy`` as its trials built it), ``sqn_ray.versions`` (JSON) and
+``sqn_ray.git_revision``;
 :func:`read_metadata` returns them decoded.
 
 Writing is atomic (a temporary file in the same folder, then :func:`os.replace`), so a reader never sees half a
@@ -324,6 +326,7 @@ class ResultStore:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.study = study
         self.metadata = study_metadata(study)
+        self.problems: dict[str, dict] = {}  # n, d, target accuracy of each problem the trials have seen
         self.option_types = option_types(study)
         self.trials: dict[str, _Trial] = {}
         self.known: set[str] | None = None
@@ -361,6 +364,7 @@ class ResultStore:
                 continue
             t = trial
             self.trials[t.trial_id] = t
+            self._note_problem(t.cell["problem"], t.info)
             out[t.trial_id] = {"cell_key": cell_key(t.cell), "summary": t.summary}
         self._dirty = True
         return out
@@ -406,9 +410,20 @@ class ResultStore:
                 self._remove_part(trial_id)
             if info:
                 t.info.update(info)
+                self._note_problem(cell["problem"], t.info)
             if chunk is not None:
                 t.add(chunk)
             self._dirty = True
+
+    def _note_problem(self, name: str, info: dict) -> None:
+        """The problem's n, d and target accuracy, as a trial found them, into the files' metadata
+        (``sqn_ray.problems``: {name: {"n", "d", "target_accuracy"}})."""
+        if name in self.problems or info.get("problem_dim") is None:
+            return
+        self.problems[name] = {"n": info.get("problem_n"), "d": info.get("problem_dim"),
+                               "target_accuracy": info.get("problem_target_accuracy")}
+        self.metadata = {**self.metadata, b"sqn_ray.problems": json.dumps(self.problems, sort_keys=True).encode()}
+        self._dirty = True
 
     def finish(self, trial_id: str, cell: dict, final: dict) -> None:
         """Record the trial's outcome (``final`` from the trainable, or from the driver for trials Tune
@@ -423,6 +438,7 @@ class ResultStore:
             info = final.pop("info", None)
             if info:
                 t.info.update(info)
+            self._note_problem(t.cell["problem"], t.info)
             t.table = self._iteration_table([t], dedupe=True)
             if patch and t.table.num_rows:
                 t.table = _set_last(t.table, patch)
@@ -483,7 +499,8 @@ class ResultStore:
         loss, acc, it = col("loss"), col("accuracy"), col("iteration")
         ge, wall, gnorm, ep = col("grad_equivalents"), col("wall_time"), col("grad_norm"), col("epochs")
         finite = lambda xs: [x for x in xs if x is not None and math.isfinite(x)]  # noqa: E731
-        last = lambda xs: next((x for x in reversed(xs) if x is not None and not (isinstance(x, float) and math.isnan(x))), None)  # noqa: E731
+        last = lambda xs: next((x for x in reversed(xs)  # noqa: E731
+                                if x is not None and not (isinstance(x, float) and math.isnan(x))), None)
         target = self._target(t)
         hit, loss_target = None, self.study.stop.get("loss")
         if target is not None:  # the stop rule's accuracy (or the problem's own target)

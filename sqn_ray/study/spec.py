@@ -233,9 +233,8 @@ class CellGrid:
         index %= n
         rest, seed_at = divmod(index, len(self.seeds))
         problem_at, combo = divmod(rest, self.combos_per_problem)
-        for (method, names, values), (start, count) in zip(self.methods, self._blocks):
-            if combo < start + count:
-                break
+        block = next(b for b, (start, count) in enumerate(self._blocks) if combo < start + count)
+        (method, names, values), start = self.methods[block], self._blocks[block][0]
         k, options = combo - start, {}
         for name, vals in zip(reversed(names), reversed(values)):
             k, at = divmod(k, len(vals))
@@ -625,10 +624,10 @@ class _Parser:
         if study.num_trials == 0:
             self.fail("methods", "the study has no trials")
         if study.num_trials > MAX_TRIALS:
+            samples = f" × {search['num_samples']:,} samples" if search["num_samples"] > 1 else ""
             self.fail("methods", f"the study has {study.num_trials:,} trials ({len(problems)} problem(s) × "
                                  f"{study.grid.combos_per_problem:,} option cell(s) × {len(seeds):,} seed(s)"
-                                 f"{' × ' + format(search['num_samples'], ',') + ' samples' if search['num_samples'] > 1 else ''}), "
-                                 f"over the limit of {MAX_TRIALS:,}; split it into several studies")
+                                 f"{samples}), over the limit of {MAX_TRIALS:,}; split it into several studies")
         self.check_memory(problems, methods)
         return study
 

@@ -4,8 +4,9 @@
 (``reuse_actors=True`` + :meth:`~StudyTrainable.reset_config`): a fresh actor costs seconds of Python and torch
 import, a reused one nothing. The optimizer runs in a worker thread of the actor; ``step()`` hands Tune one
 chunk of iteration records about every ``report_interval`` seconds (the thread appends them as columns; they
-travel to the driver as one Arrow table inside the result and are taken out there before Tune stores it). With an early-stopping scheduler the thread pauses at
-each chunk boundary until Tune asks for the next one, so a stopped trial does not run on.
+travel to the driver as one Arrow table inside the result and are taken out there before Tune stores it). With an
+early-stopping scheduler the thread pauses at each chunk boundary until Tune asks for the next one, so a stopped
+trial does not run on.
 
 Inside a trial:
 
@@ -248,6 +249,8 @@ class StudyTrainable(tune.Trainable):
             if target == "target":
                 target = problem.target_accuracy  # None for problems without one: no stop rule then
             self._info["problem_target_accuracy"] = problem.target_accuracy
+            # the problem's size, for the analysis (which reads it from the results, never builds problems)
+            self._info.update(problem_dim=int(problem.dim), problem_n=int(problem.n_samples))
             w0 = problem.init(cell["seed"])
             every = int(s["accuracy_every"])
             metrics = getattr(problem, "metrics", None)
@@ -273,7 +276,8 @@ class StudyTrainable(tune.Trainable):
                     halt = "target"
                 elif stop.get("loss") is not None and record["loss"] <= stop["loss"]:
                     halt = "target_loss"
-                elif budget.get("grad_equivalents") is not None and record["grad_equivalents"] >= budget["grad_equivalents"]:
+                elif (budget.get("grad_equivalents") is not None
+                      and record["grad_equivalents"] >= budget["grad_equivalents"]):
                     halt = "grad_equivalents"
                 elif budget.get("wall_time") is not None and record["wall_time"] - overhead >= budget["wall_time"]:
                     halt = "wall_time"

@@ -82,7 +82,8 @@ def test_non_finite_loss_stops_with_status_diverged(method):
     def blows_up(w):
         return fun(w) if float(w.detach()[0]) < 5 else fun(w) * math.inf
 
-    res = minimize(blows_up, w0(), method=method, max_iters=50, seed=0, **({"lr": 10.0} if method in ("gd", "adam") else {}))
+    res = minimize(blows_up, w0(), method=method, max_iters=50, seed=0,
+                   **({"lr": 10.0} if method in ("gd", "adam") else {}))
     assert res.status in ("diverged", "max_iters", "converged", "stalled")
     nan_res = minimize(lambda w: fun(w) * math.nan, w0(), method=method, max_iters=5, seed=0)
     assert nan_res.status == "diverged" and "non-finite" in nan_res.message
@@ -161,7 +162,8 @@ def test_adapter_accepts_backward_closures_for_gradient_methods_and_explains_hvp
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1).double()
     gen = torch.Generator().manual_seed(0)
-    X, y = torch.randn(10, 3, dtype=torch.float64, generator=gen), torch.randn(10, 1, dtype=torch.float64, generator=gen)
+    X, y = (torch.randn(10, 3, dtype=torch.float64, generator=gen),
+            torch.randn(10, 1, dtype=torch.float64, generator=gen))
 
     def closure():
         loss = ((net(X) - y) ** 2).mean()

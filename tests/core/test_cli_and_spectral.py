@@ -86,7 +86,8 @@ def test_model_matrices_are_the_optimizers_models():
     # S-LBFGS/LBFGS matrices are the inverses of the dense BFGS recursion on the angle-filtered pairs
     keep = [i for i in range(6) if float(S[:, i] @ Y[:, i]) > 1e-8 * float(S[:, i].norm() * Y[:, i].norm())]
     gamma = float(S[:, keep[-1]] @ Y[:, keep[-1]] / (Y[:, keep[-1]] @ Y[:, keep[-1]]))
-    torch.testing.assert_close(model_matrix("s-lbfgs", S, Y), torch.linalg.inv(dense_lbfgs_inverse(S[:, keep], Y[:, keep], gamma)))
+    torch.testing.assert_close(model_matrix("s-lbfgs", S, Y),
+                               torch.linalg.inv(dense_lbfgs_inverse(S[:, keep], Y[:, keep], gamma)))
     torch.testing.assert_close(model_matrix("sr1", S, Y), dense_sr1(S, Y, torch.eye(w.numel(), dtype=torch.float64))[0])
 
 

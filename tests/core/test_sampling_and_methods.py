@@ -111,7 +111,8 @@ def test_trust_region_rule_guards_and_updates():
     assert rule.ratio(1.0, 0.5, 0.0) == -math.inf  # no predicted decrease: reject
     assert rule.ratio(1.0, math.nan, 1.0) == -math.inf
     assert not rule.accepts(-math.inf) and rule.accepts(1e-5) and not rule.accepts(1e-7)
-    assert rule.next_radius(1.0, 0.9) == 2.0 and rule.next_radius(1.0, 0.05) == 0.5 and rule.next_radius(1.0, 0.5) == 1.0
+    assert (rule.next_radius(1.0, 0.9) == 2.0 and rule.next_radius(1.0, 0.05) == 0.5
+            and rule.next_radius(1.0, 0.5) == 1.0)
 
 
 @pytest.mark.parametrize("method", ["s-lsr1", "s-lbfgs"])

@@ -90,7 +90,8 @@ def test_a_pickled_problem_is_a_recipe_rebuilt_from_the_cache(fake_cache):
     blob = pickle.dumps(p)
     assert len(blob) < 2_000  # the recipe, not 40 images (nor 60,000)
     q = pickle.loads(blob)
-    assert (q.name, q.dim, q.dtype, q.batch_size, q.curvature_batch_size) == ("mnist-mlp-b8", p.dim, torch.float32, 8, 4)
+    assert ((q.name, q.dim, q.dtype, q.batch_size, q.curvature_batch_size)
+            == ("mnist-mlp-b8", p.dim, torch.float32, 8, 4))
     w = p.init(3)
     assert torch.equal(q.init(3), w) and q.accuracy(w) == p.accuracy(w)
     assert torch.equal(q.oracle.loss_and_grad(w)[1], p.oracle.loss_and_grad(w)[1])  # same seed, same first batch
@@ -215,7 +216,8 @@ def test_fashion_mnist_problems_work_in_studies_and_are_listed(fake_fashion_cach
     from sqn_ray.study.spec import parse_study
 
     assert set(FASHION_MNIST_PROBLEMS) <= set(PROBLEMS)
-    study = parse_study({"problems": ["fashion-mnist-mlp", "fashion-mnist-cnn-b1000"], "methods": {"s-lsr1": {"memory": 4}}},
+    study = parse_study({"problems": ["fashion-mnist-mlp", "fashion-mnist-cnn-b1000"],
+                         "methods": {"s-lsr1": {"memory": 4}}},
                         source="fashion.yaml")
     assert study.problems == ("fashion-mnist-mlp", "fashion-mnist-cnn-b1000")
     for name in ("fashion-mnist-mlp", "fashion-mnist-cnn"):  # what a trial builds, then runs
@@ -227,4 +229,5 @@ def test_fashion_mnist_problems_work_in_studies_and_are_listed(fake_fashion_cach
     listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "d = 79510" in listed["fashion-mnist-mlp"] and "d = 5994" in listed["fashion-mnist-cnn"]
     # the -b1000 problems need 1,000 training points: the fake set has 40, and the listing says why, in a line
-    assert "cannot be built here: batch_size must be an integer in [1, 40], got 1000" in listed["fashion-mnist-mlp-b1000"]
+    assert ("cannot be built here: batch_size must be an integer in [1, 40], got 1000"
+            in listed["fashion-mnist-mlp-b1000"])

@@ -1,6 +1,5 @@
 """The data-parallel oracle on Ray equals the single-process oracle to round-off, and every optimizer runs on it
 unchanged. One round trip per call; communication counted exactly. (All Ray tests of the suite live here.)"""
-import math
 
 import numpy as np
 import pandas as pd

@@ -31,7 +31,8 @@ def test_defaults_fill_in_and_problem_is_an_alias():
     ({"throughput": {"operations": ["hessian"]}}, r"throughput.operations: expected a list from loss, gradient"),
     ({"problems": "synthetic-mlp"}, "nothing to measure"),
     ({"dtype": "float16", "workers": {}}, r"dtype: unknown value 'float16'"),
-    ({"problems": ["mnist-mlp"], "workers": {"problems": ["mnist-cnn"]}}, r"workers.problems: expected a non-empty subset"),
+    ({"problems": ["mnist-mlp"], "workers": {"problems": ["mnist-cnn"]}},
+     r"workers.problems: expected a non-empty subset"),
     ({"problem": "mnist-mlp", "problems": ["mnist-mlp"], "workers": {}}, "not both"),
     ({"worker": {}}, r"worker: unknown key"),
 ])

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sqn_ray.problems import FASHION_MNIST_PROBLEMS, MNIST_PROBLEMS, PROBLEMS, Problem, get_problem
+from sqn_ray.problems.logistic import DEFAULT_LAMBDA, breast_cancer, solution
+from sqn_ray.problems.toy import TOY_SIZES, toy_data
 
 # The problems that need no data cache; the MNIST ones are tested on a fake cache in tests/data.
 BUILTIN = ("toy-small", "toy-medium", "toy-large", "logistic")
-from sqn_ray.problems.logistic import DEFAULT_LAMBDA, breast_cancer, solution
-from sqn_ray.problems.toy import TOY_SIZES, toy_data
 
 F64, F32 = torch.float64, torch.float32
 DIMS = {"toy-small": 36, "toy-medium": 176, "toy-large": 908, "logistic": 31}

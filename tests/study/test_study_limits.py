@@ -175,7 +175,8 @@ def test_a_folder_or_a_missing_file_names_itself(tmp_path):
 # ------------------------------------------------------------------------------------ linear in the grid size
 def test_the_grid_computes_each_cell_from_its_index_in_the_old_order():
     study = parse_study({"problems": ["toy-small", "toy-medium"], "seeds": [3, 1],
-                         "methods": {"s-lsr1": {"memory": [2, 4], "radius": [0.1, 1.0, 10.0]}, "gd": {"lr": [0.1, 0.2]}}},
+                         "methods": {"s-lsr1": {"memory": [2, 4], "radius": [0.1, 1.0, 10.0]},
+                                     "gd": {"lr": [0.1, 0.2]}}},
                         source="t.yaml")
     expected = [{"problem": p, "method": m, "seed": s, "options": opts}
                 for p in study.problems for m in study.methods for opts in study.method_cells(m) for s in study.seeds]
@@ -193,7 +194,8 @@ def test_a_100000_cell_study_validates_without_building_its_grid(monkeypatch):
     monkeypatch.setattr(sqn_ray, "validate_options", lambda *a, **k: calls.append(k) or real(*a, **k))
     monkeypatch.setattr(spec_module.Study, "cells", lambda self: pytest.fail("the grid was built"))
     radii = [1e-4 * (i + 1) for i in range(1000)]
-    study = parse_study({"problems": ["toy-large"], "methods": {"s-lsr1": {"radius": radii, "memory": list(range(1, 51))}},
+    study = parse_study({"problems": ["toy-large"],
+                         "methods": {"s-lsr1": {"radius": radii, "memory": list(range(1, 51))}},
                          "seeds": 2}, source="t.yaml")
     assert study.num_trials == 100_000 and len(calls) == 1000 + 50
     assert study.grid[99_999] == {"problem": "toy-large", "method": "s-lsr1", "seed": 1,

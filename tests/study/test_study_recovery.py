@@ -168,7 +168,9 @@ def test_a_second_driver_is_refused_and_told_who_holds_the_folder(tmp_path, subp
 
 def test_a_killed_driver_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "out"
-    code = f"from sqn_ray.study.outdir import open_output_folder; f = open_output_folder(__import__('pathlib').Path({str(out)!r})); print('held', flush=True); __import__('time').sleep(60)"
+    code = ("from sqn_ray.study.outdir import open_output_folder; "
+            f"f = open_output_folder(__import__('pathlib').Path({str(out)!r})); "
+            "print('held', flush=True); __import__('time').sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     with pytest.raises(StudyError, match=f"pid {p.pid}"):

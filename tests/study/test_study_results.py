@@ -174,3 +174,25 @@ def test_every_optimizer_field_has_a_column_type():
     chunk = R.record_table({"iteration": [0, 1], "identity_fallback": [False, True], "inner_iters": [0, 3],
                             "rho": [math.nan, 0.5], "custom": [1, 2]})
     assert chunk.schema.field("identity_fallback").type == "bool" and chunk.schema.field("custom").type == "int64"
+
+
+def test_each_problems_size_is_recorded_in_the_metadata_and_read_back_by_the_analysis(tmp_path, study):
+    """n, d and the target accuracy come from the trials (as they built the problem): the analysis reads them
+    from the files and builds no problem."""
+    from analysis.load import load_study as load_results
+
+    store = ResultStore(tmp_path, study)
+    info = {**INFO, "problem_dim": 36, "problem_n": 100}
+    store.add_rows("t1", cell(memory=2), rows(3, acc_hit=2), info)
+    store.finish("t1", cell(memory=2), {"status": "solved", "stop_reason": "target"})
+    store.flush(force=True)
+    for name in ("iterations.parquet", "trials.parquet"):
+        assert read_metadata(tmp_path / name)["sqn_ray.problems"] == {
+            "toy-small": {"n": 100, "d": 36, "target_accuracy": 1.0}}
+    assert "description" not in read_metadata(tmp_path / "trials.parquet")["sqn_ray.study"]
+    again = ResultStore(tmp_path, study)  # a resumed driver knows them from the parts
+    again.load_parts()
+    assert again.problems == store.problems
+    results = load_results(tmp_path)
+    assert results.problem_size("toy-small") == {"n": 100, "d": 36, "target": 1.0}
+    assert results.problem_size("toy-large") == {"n": None, "d": None, "target": None}

@@ -51,7 +51,8 @@ def test_grid_study_end_to_end(ray_cluster, tmp_path):
 
     boom = tr[(tr.problem == "logistic") & (tr.lr == 1e300)]
     assert (boom.status == "diverged").all() and (boom.stop_reason == "diverged").all()
-    assert it[it.trial_id.isin(boom.trial_id)].groupby("trial_id").loss.apply(lambda x: not np.isfinite(x.iloc[-1])).all()
+    assert (it[it.trial_id.isin(boom.trial_id)].groupby("trial_id").loss
+            .apply(lambda x: not np.isfinite(x.iloc[-1])).all())
     solved = tr[tr.status == "solved"]
     assert (solved.problem == "toy-small").all() and (solved.final_accuracy == 1.0).all()
     assert (solved.iters_to_target <= solved.iterations).all() and solved.grad_equivalents_to_target.notna().all()
