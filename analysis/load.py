@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from sqn_ray.io import read_parquet_metadata as read_metadata  # one reader for every Parquet the project writes
+from sqn_ray.optim.registry import METHODS, method_family, methods_of
 
 __all__ = ["Study", "load_study", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
            "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE", "TRIALS_FILE",
@@ -33,13 +34,13 @@ TRIALS_FILE = "trials.parquet"
 EIGEN_FILE = "eigen.parquet"
 LN2 = math.log(2.0)
 
-#: the registry's methods in the order figures and tables list them (unknown methods follow, sorted)
-METHOD_ORDER = ("s-lsr1", "s-lbfgs", "lsr1", "lbfgs", "sr1", "bfgs", "gd", "adam", "torch-lbfgs",
-                "scipy-lbfgsb", "scipy-bfgs")
-SAMPLED = ("s-lsr1", "s-lbfgs")
-CLASSICAL = ("lsr1", "lbfgs", "sr1", "bfgs")
-FIRST_ORDER = ("gd", "adam")
-ANCHORS = ("torch-lbfgs", "scipy-lbfgsb", "scipy-bfgs")
+#: the registry's methods in the order figures and tables list them (unknown methods follow, sorted), and
+#: their families: all from the method registry, the one place that names methods
+METHOD_ORDER = METHODS
+SAMPLED = methods_of("sampled QN")
+CLASSICAL = methods_of("classical QN")
+FIRST_ORDER = methods_of("first order")
+ANCHORS = methods_of("external anchor")
 
 #: columns of iterations.parquet the analysis uses (missing ones are added as NaN)
 ITERATION_COLUMNS = ("iteration", "loss", "accuracy", "grad_norm", "n_fun", "n_grad", "n_hvp", "grad_equivalents",
@@ -57,14 +58,9 @@ _OPTION_SHORT = {"memory": "m", "radius": "r"}
 
 
 def family(method: str) -> str:
-    """sampled / classical / first-order / anchor: the line style of a method in the figures."""
-    if method in SAMPLED:
-        return "sampled QN"
-    if method in CLASSICAL:
-        return "classical QN"
-    if method in ANCHORS:
-        return "external anchor"
-    return "first order" if method in FIRST_ORDER else "other"
+    """sampled / classical / first-order / anchor (the registry's family): the line style of a method in the
+    figures; "other" for a method the registry does not know."""
+    return method_family(method)
 
 
 def _method_rank(method: str) -> tuple:

@@ -109,6 +109,7 @@ class MethodSpec:
     summary: str
     options: dict[str, OptionSpec]
     build: Callable[[dict, Objective], Any]
+    family: str = "other"  # one of FAMILIES: how the analysis groups and draws the method
 
     def validate(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.options))
@@ -144,7 +145,8 @@ _SPECS = [
     MethodSpec("s-lsr1", "sampled LSR1, trust region (Algorithm 1 + 3)",
                {**MEMORY, **SAMPLED, **FILTER, **TRUST,
                 "b0": OptionSpec("zero", _choice(*B0_CHOICES), "B0 = 0 (reference) or γI"), **SEED},
-               lambda o, obj: _tr(_sampled_source(o), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o)),
+               lambda o, obj: _tr(_sampled_source(o), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o),
+               family="sampled QN"),
     MethodSpec("s-lbfgs", "sampled LBFGS, Armijo line search (Algorithm 1 + 2)",
                {**MEMORY, **SAMPLED, **FILTER, **ARMIJO,
                 "first_step": OptionSpec("gradient", _choice(*FIRST_STEPS),
@@ -152,42 +154,67 @@ _SPECS = [
                 **SEED},
                lambda o, obj: LineSearchMethod(source=_sampled_source(o), model=LBFGSInverse(eps=o["epsilon"]),
                                                c1=o["c1"], trial_step=o["trial_step"],
-                                               gradient_first_step=o["first_step"] == "gradient")),
+                                               gradient_first_step=o["first_step"] == "gradient"),
+               family="sampled QN"),
     MethodSpec("lsr1", "limited-memory SR1 from the path, B0 = γI, trust region",
                {**MEMORY, **FILTER, **TRUST, "b0": OptionSpec("gamma", _choice(*B0_CHOICES), "B0 = 0 or γI"), **SEED},
-               lambda o, obj: _tr(PathPairs(memory=o["memory"]), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o)),
+               lambda o, obj: _tr(PathPairs(memory=o["memory"]), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o),
+               family="classical QN"),
     MethodSpec("lbfgs", "limited-memory BFGS from the path, Armijo line search",
                {**MEMORY, **FILTER, **ARMIJO, **SEED},
                lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]),
                                                model=LBFGSInverse(eps=o["epsilon"]),
-                                               c1=o["c1"], trial_step=o["trial_step"])),
+                                               c1=o["c1"], trial_step=o["trial_step"]),
+               family="classical QN"),
     MethodSpec("sr1", "dense SR1 from the path, B0 = I, trust region",
                {**FILTER, **TRUST, **SEED},
-               lambda o, obj: _tr(PathPairs(memory=0), DenseSR1(eps=o["epsilon"]), o)),
+               lambda o, obj: _tr(PathPairs(memory=0), DenseSR1(eps=o["epsilon"]), o),
+               family="classical QN"),
     MethodSpec("bfgs", "dense BFGS from the path, Armijo line search",
                {**FILTER, **ARMIJO, **SEED},
                lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]),
-                                               c1=o["c1"], trial_step=o["trial_step"])),
+                                               c1=o["c1"], trial_step=o["trial_step"]),
+               family="classical QN"),
     MethodSpec("gd", "gradient descent with a fixed learning rate",
                {"lr": OptionSpec(0.1, _positive_float, "learning rate"), **SEED},
-               lambda o, obj: GradientDescent(lr=o["lr"])),
+               lambda o, obj: GradientDescent(lr=o["lr"]),
+               family="first order"),
     MethodSpec("adam", "Adam on the full-batch gradient",
                {"lr": OptionSpec(1e-3, _positive_float, "learning rate"),
                 "beta1": OptionSpec(0.9, _unit_interval, "first-moment decay"),
                 "beta2": OptionSpec(0.999, _unit_interval, "second-moment decay"),
                 "eps": OptionSpec(1e-8, _positive_float, "denominator guard"), **SEED},
-               lambda o, obj: Adam(lr=o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"])),
+               lambda o, obj: Adam(lr=o["lr"], beta1=o["beta1"], beta2=o["beta2"], eps=o["eps"]),
+               family="first order"),
     MethodSpec("torch-lbfgs", "anchor: torch.optim.LBFGS with strong Wolfe line search",
                {**MEMORY, "lr": OptionSpec(1.0, _positive_float, "torch.optim.LBFGS lr"), **SEED},
-               _external("torch-lbfgs")),
+               _external("torch-lbfgs"),
+               family="external anchor"),
     MethodSpec("scipy-lbfgsb", "anchor: scipy.optimize.minimize(method='L-BFGS-B') in float64",
-               {**MEMORY, **SEED}, _external("scipy-lbfgsb")),
+               {**MEMORY, **SEED}, _external("scipy-lbfgsb"),
+               family="external anchor"),
     MethodSpec("scipy-bfgs", "anchor: scipy.optimize.minimize(method='BFGS') in float64",
-               {**SEED}, _external("scipy-bfgs")),
+               {**SEED}, _external("scipy-bfgs"),
+               family="external anchor"),
 ]
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
-SAMPLED_METHODS = ("s-lsr1", "s-lbfgs")
+#: the families of methods, in the order the analysis lists them
+FAMILIES = ("sampled QN", "classical QN", "first order", "external anchor")
+SAMPLED_METHODS = tuple(m for m in METHODS if REGISTRY[m].family == "sampled QN")
+
+
+def methods_of(family: str) -> tuple[str, ...]:
+    """The registered methods of one family (:data:`FAMILIES`), in registry order."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown method family {family!r}; valid families: {list(FAMILIES)}")
+    return tuple(m for m in METHODS if REGISTRY[m].family == family)
+
+
+def method_family(name: str) -> str:
+    """The family of a method (:data:`FAMILIES`); ``"other"`` for a name the registry does not know."""
+    spec = REGISTRY.get(name)
+    return spec.family if spec is not None else "other"
 
 
 def get_method(name: str) -> MethodSpec:

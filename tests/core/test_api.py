@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+import sqn_ray
+
 from sqn_ray import METHODS, SQNOptimizer, method_options, minimize, module_objective_fun, validate_options
 from sqn_ray.objective import AutogradOracle, Objective
 from sqn_ray.optim.minimize import RECORD_FIELDS
@@ -216,3 +218,16 @@ def test_adapter_hvps_match_the_dense_hessian_batched_or_not(batching, monkeypat
     torch.testing.assert_close(oracle.hvps(w, V[:, :2]), H @ V[:, :2])  # the choice sticks
     with pytest.raises(ValueError, match=r"hvp_backend='vmap' is not one of \('auto', 'batched', 'loop'\)"):
         ClosureOracle(list(net.parameters()), lambda: loss_fn(net(X), y), hvp_backend="vmap")
+
+
+def test_every_method_has_one_family_in_the_registry_and_the_analysis_uses_it():
+    from analysis import load as L
+    from sqn_ray.optim.registry import FAMILIES, REGISTRY, method_family, methods_of
+
+    assert {spec.family for spec in REGISTRY.values()} == set(FAMILIES)
+    assert sum(len(methods_of(f)) for f in FAMILIES) == len(sqn_ray.METHODS)
+    assert sqn_ray.SAMPLED_METHODS == methods_of("sampled QN") == L.SAMPLED == ("s-lsr1", "s-lbfgs")
+    assert all(L.family(m) == method_family(m) == REGISTRY[m].family for m in sqn_ray.METHODS)
+    assert L.family("my-own-method") == "other" and L.METHOD_ORDER == sqn_ray.METHODS
+    with pytest.raises(ValueError, match="unknown method family 'quasi'"):
+        methods_of("quasi")
