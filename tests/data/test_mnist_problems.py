@@ -19,17 +19,22 @@ F64 = torch.float64
 N_TRAIN, N_TEST = 40, 9
 
 
-@pytest.fixture
-def fake_cache(monkeypatch, tmp_path):
-    rng = np.random.default_rng(3)
+def write_fake_dataset(monkeypatch, cache, name: str, seed: int) -> None:
+    """Random digits in the four idx files of dataset ``name`` under ``cache``, pinned as the real ones are."""
+    rng = np.random.default_rng(seed)
     files = {"train-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8)),
              "train-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TRAIN, dtype=np.uint8)),
              "t10k-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8)),
              "t10k-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TEST, dtype=np.uint8))}
-    monkeypatch.setitem(DATASETS, "mnist", replace(DATASETS["mnist"], pins={k: _sha256(v) for k, v in files.items()}))
-    (tmp_path / "mnist").mkdir()
+    monkeypatch.setitem(DATASETS, name, replace(DATASETS[name], pins={k: _sha256(v) for k, v in files.items()}))
+    (cache / name).mkdir()
     for k, v in files.items():
-        (tmp_path / "mnist" / k).write_bytes(v)
+        (cache / name / k).write_bytes(v)
+
+
+@pytest.fixture
+def fake_cache(monkeypatch, tmp_path):
+    write_fake_dataset(monkeypatch, tmp_path, "mnist", seed=3)
     M._arrays.cache_clear()
     yield str(tmp_path)
     M._arrays.cache_clear()
@@ -193,16 +198,7 @@ def test_real_mnist_problems_if_cached():
 @pytest.fixture
 def fake_fashion_cache(monkeypatch, tmp_path):
     """A fake Fashion-MNIST in a cache folder named by SQN_RAY_DATA, as `sqn-ray data fetch` would leave it."""
-    rng = np.random.default_rng(5)
-    files = {"train-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8)),
-             "train-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TRAIN, dtype=np.uint8)),
-             "t10k-images-idx3-ubyte": encode_idx(rng.integers(0, 256, (N_TEST, 28, 28), dtype=np.uint8)),
-             "t10k-labels-idx1-ubyte": encode_idx(rng.integers(0, 10, N_TEST, dtype=np.uint8))}
-    monkeypatch.setitem(DATASETS, "fashion-mnist", replace(DATASETS["fashion-mnist"],
-                                                           pins={k: _sha256(v) for k, v in files.items()}))
-    (tmp_path / "fashion-mnist").mkdir()
-    for k, v in files.items():
-        (tmp_path / "fashion-mnist" / k).write_bytes(v)
+    write_fake_dataset(monkeypatch, tmp_path, "fashion-mnist", seed=5)
     monkeypatch.setenv("SQN_RAY_DATA", str(tmp_path))
     M._arrays.cache_clear()
     yield tmp_path
