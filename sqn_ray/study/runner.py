@@ -28,8 +28,8 @@ from ray import tune
 
 from .. import ray_session
 from .progress import ProgressTable
-from .results import ResultStore, variant_label
-from .outdir import StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
+from .results import PARTS, ResultStore, variant_label
+from .outdir import STATE_FILE, StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
 from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
 from .spec import Study
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
@@ -277,6 +277,9 @@ def _run_in(out: Path, study: Study, *, address, resume, progress, num_cpus, num
     # Tune's ResultGrid looks for result.json files we do not write (the rows are in our Parquet)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
+    if state is None and (any((out / PARTS).glob("*.parquet")) or (out / "iterations.parquet").exists()):
+        raise StudyError(f"{out} holds a study's results but not its record {STATE_FILE} (deleted?): starting over "
+                         "would delete them; restore the file, or move the results away, or choose another --out")
     store = ResultStore(out, study)
     if state is None:  # a new study: nothing of an earlier one is kept
         shutil.rmtree(tune_root, ignore_errors=True)

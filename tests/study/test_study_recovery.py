@@ -149,6 +149,15 @@ def test_a_damaged_study_record_is_refused_in_one_line(finished_study, tmp_path)
     assert_whole(out, finished_study, recomputed=set())  # and nothing was touched
 
 
+def test_results_without_their_study_record_are_not_started_over(finished_study, tmp_path):
+    out = damaged_copy(finished_study, tmp_path)
+    (out / ".study.json").unlink()
+    for resume_it in (False, True):
+        with pytest.raises(StudyError, match=r"holds a study's results but not its record \.study\.json"):
+            run_study(study_of(), out, resume=resume_it, progress=False)
+    assert_whole(out, finished_study, recomputed=set())  # nothing deleted
+
+
 # ---------------------------------------------------------------------------------------------- the lock
 def test_a_second_driver_is_refused_and_told_who_holds_the_folder(tmp_path, subprocess_env):
     out = tmp_path / "out"
