@@ -1,6 +1,8 @@
 """The study platform: declarative studies (YAML) run as Ray Tune trials, results in tidy Parquet.
 
 * :mod:`sqn_ray.study.spec`      load and validate a study file (no Ray needed)
+* :mod:`sqn_ray.study.search`    trials generated one grid cell at a time, with stable trial ids
+* :mod:`sqn_ray.study.outdir`    the output folder: its lock, checks before Ray starts, the study record
 * :mod:`sqn_ray.study.runner`    :func:`run_study` on an embedded or an existing Ray cluster
 * :mod:`sqn_ray.study.trainable` the Tune trainable (one trial = one ``sqn_ray.minimize`` run)
 * :mod:`sqn_ray.study.results`   ``iterations.parquet`` / ``trials.parquet``, atomic writes, metadata

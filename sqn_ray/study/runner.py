@@ -8,7 +8,10 @@ cluster and only disconnects. Trials run through
 sized by the study's resources, actors reused across trials. Results stream into ``DIR/iterations.parquet``
 and ``DIR/trials.parquet`` (:mod:`sqn_ray.study.results`); Tune's own state lives in ``DIR/.tune`` and lets
 ``resume=True`` continue an interrupted study (Ctrl-C, or kill -9 of the driver): finished trials replay
-from their recorded results, unfinished ones start over, no row is duplicated or lost.
+from their recorded results, unfinished ones start over, no row is duplicated or lost. The folder's own
+parts are the source of truth: when Tune's state is damaged, lost, or counts as finished a trial whose part
+is gone, Tune's side is rebuilt from them (the same trial ids; see :mod:`sqn_ray.study.outdir` for the
+folder's lock and checks, :mod:`sqn_ray.study.search` for how trials are generated).
 """
 from __future__ import annotations
 
