@@ -27,6 +27,8 @@ from typing import Callable, Protocol
 
 import torch
 
+from .options import choice
+
 HVP_BACKENDS = ("auto", "batched", "loop")
 GRADS_BACKENDS = ("auto", "vmap", "loop")
 FUN_ONLY_COST = 0.5  # gradient-equivalents of one loss evaluation without a gradient
@@ -129,6 +131,8 @@ class AutogradOracle:
       * ``"loop"``: the same create_graph gradient, then m backward passes reusing its graph
         (about 1.1 gradients per HVP on FLOP-bound CPU models, where the batched path loses).
       * ``"auto"``: a small timing probe on the first call picks one (cached per oracle).
+    A graph that cannot be batched (an op without a batching rule: RuntimeError) is looped, from then on.
+    Both are :func:`hvps_by_backend`, shared with the ``nn.Module`` adapter's closure oracle.
     The create_graph gradient is built once per point and reused for every block of vectors at that
     point (a rejected step resamples at the same w without re-differentiating).
 
@@ -139,10 +143,8 @@ class AutogradOracle:
 
     def __init__(self, fun: Callable[[torch.Tensor], torch.Tensor], dim: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu", *, hvp_backend: str = "auto", grads_backend: str = "auto"):
-        if hvp_backend not in HVP_BACKENDS:
-            raise ValueError(f"hvp_backend={hvp_backend!r} is not one of {HVP_BACKENDS}")
-        if grads_backend not in GRADS_BACKENDS:
-            raise ValueError(f"grads_backend={grads_backend!r} is not one of {GRADS_BACKENDS}")
+        choice(*HVP_BACKENDS)("hvp_backend", hvp_backend)
+        choice(*GRADS_BACKENDS)("grads_backend", grads_backend)
         self.fun = fun
         self.dim = int(dim)
         self.dtype = dtype
@@ -189,15 +191,8 @@ class AutogradOracle:
     def hvps(self, w, V):
         self._hvps_in_use = True
         x, _, g = self._graph_at(w)
-        backend = self.hvp_backend
-        if backend == "auto":
-            backend = self.hvp_backend = self._probe_hvp(x, g, V.shape[1])
-        return _hvps_with(backend, x, g, V)
-
-    def _probe_hvp(self, x, g, m):
-        V = torch.randn(self.dim, max(m, 2), dtype=self.dtype, device=self.device,
-                        generator=torch.Generator(device=self.device).manual_seed(0))
-        return fastest_backend({b: (lambda b=b: _hvps_with(b, x, g, V)) for b in ("batched", "loop")}, self.device)
+        self.hvp_backend, HV = hvps_by_backend(self.hvp_backend, [x], g, V, self.device)
+        return HV
 
     # -- Option I ----------------------------------------------------------------------------------
     def grads(self, W):
@@ -220,13 +215,69 @@ class AutogradOracle:
         return fastest_backend({"vmap": lambda: _grads_vmap(self.fun, W), "loop": loop}, self.device)
 
 
-def _hvps_with(backend: str, x: torch.Tensor, g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+# -- Option II through an autograd graph: the one implementation of both oracles (AutogradOracle, ClosureOracle) --
+def hvps_through_graph(backend: str, leaves: list[torch.Tensor], g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """∇²F V, shape (d, m), by differentiating the flat create_graph gradient ``g`` (d,) of F once more with
+    respect to ``leaves`` (the tensors g was taken with respect to, in the order g lays them out).
+
+    ``"batched"``: one vmapped backward pass for all m columns (``is_grads_batched``); ``"loop"``: one backward
+    pass per column. Both keep the graph, so further blocks at the same point reuse it. One leaf (the flat point
+    of :class:`AutogradOracle`) is differentiated directly; several (a model's parameters) each give their
+    block of rows, zeros for a leaf the gradient does not depend on (looped only: batched, autograd materializes
+    such a leaf without the batch dimension and the reshape fails with a RuntimeError, which
+    :func:`hvps_by_backend` answers with the loop)."""
+    if backend not in ("batched", "loop"):
+        raise ValueError(f"backend={backend!r} is not one of ('batched', 'loop')")
+    m = V.shape[1]
+    if len(leaves) == 1:
+        (x,) = leaves
+        if backend == "batched":
+            (HV,) = torch.autograd.grad(g, x, grad_outputs=V.T.contiguous(), retain_graph=True,
+                                        allow_unused=True, materialize_grads=True, is_grads_batched=True)
+            return HV.reshape(m, -1).T
+        cols = [torch.autograd.grad(g, x, grad_outputs=V[:, i], retain_graph=True, allow_unused=True,
+                                    materialize_grads=True)[0].reshape(-1) for i in range(m)]
+        return torch.stack(cols, dim=1)
     if backend == "batched":
-        (HV,) = torch.autograd.grad(g, x, grad_outputs=V.T.contiguous(), retain_graph=True,
-                                    is_grads_batched=True)
-        return HV.T
-    cols = [torch.autograd.grad(g, x, grad_outputs=V[:, i], retain_graph=True)[0] for i in range(V.shape[1])]
+        hv = torch.autograd.grad(g, leaves, grad_outputs=V.T.contiguous(), retain_graph=True, allow_unused=True,
+                                 materialize_grads=True, is_grads_batched=True)
+        return torch.cat([x.reshape(m, -1) for x in hv], dim=1).T
+    cols = []
+    for i in range(m):
+        hv = torch.autograd.grad(g, leaves, grad_outputs=V[:, i], retain_graph=True, allow_unused=True,
+                                 materialize_grads=True)
+        cols.append(torch.cat([x.reshape(-1) for x in hv]))
     return torch.stack(cols, dim=1)
+
+
+def choose_hvp_backend(leaves: list[torch.Tensor], g: torch.Tensor, V: torch.Tensor, device: torch.device) -> str:
+    """The faster of ``"batched"`` and ``"loop"`` for this graph, timed on a fixed random block the shape of V
+    (at least 2 columns; drawn from its own seeded generator, so the global random stream is untouched).
+    Batching wins when per-pass overhead dominates (small models, GPUs), the loop on FLOP-bound CPU models.
+    ``"loop"`` without timing when the graph cannot be batched (an op without a batching rule: RuntimeError)."""
+    device = torch.device(device)
+    P = torch.randn(V.shape[0], max(V.shape[1], 2), dtype=g.dtype, device=device,
+                    generator=torch.Generator(device=device).manual_seed(0))
+    try:  # "batched" is timed first: its warm-up call is the test of whether the graph batches at all
+        return fastest_backend({b: (lambda b=b: hvps_through_graph(b, leaves, g, P)) for b in ("batched", "loop")},
+                               device)
+    except RuntimeError:
+        return "loop"
+
+
+def hvps_by_backend(backend: str, leaves: list[torch.Tensor], g: torch.Tensor, V: torch.Tensor,
+                    device: torch.device) -> tuple[str, torch.Tensor]:
+    """(the backend to remember, ∇²F V): the one backend policy of the oracles. ``"auto"`` is decided by
+    :func:`choose_hvp_backend`; ``"batched"`` that fails with a RuntimeError (an op of the model without a
+    batching rule) falls back to ``"loop"``, returned so that the oracle keeps looping from then on."""
+    if backend == "auto":
+        backend = choose_hvp_backend(leaves, g, V, device)
+    if backend == "batched":
+        try:
+            return backend, hvps_through_graph("batched", leaves, g, V)
+        except RuntimeError:
+            backend = "loop"
+    return backend, hvps_through_graph("loop", leaves, g, V)
 
 
 def grads_by_loop(oracle, W: torch.Tensor) -> torch.Tensor:

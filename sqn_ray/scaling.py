@@ -32,7 +32,6 @@ Either experiment may be left out. Nothing here downloads: MNIST must be in the 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import socket
@@ -45,6 +44,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .options import OptionError, choice, nonneg_float, nonneg_int, positive_float, positive_int
 from .study.spec import deep_merge
 
 __all__ = ["ScalingSpec", "load_scaling_spec", "parse_scaling_spec", "run_scaling", "measure_throughput",
@@ -65,8 +65,10 @@ WORKERS_DEFAULTS = {"problems": None, "counts": [1, 2], "memory": 16, "iteration
 SYNTHETIC_N = 10_000
 
 
-class ScalingSpecError(ValueError):
-    """A scaling file is invalid; the message names the file and the field."""
+class ScalingSpecError(OptionError):
+    """A scaling file is invalid; the message names the file and the field. As an
+    :class:`~sqn_ray.options.OptionError` it carries ``option`` (the field path, ``workers.counts[0]``),
+    ``value`` (the value found there) and ``allowed`` (a description, or the tuple of allowed values)."""
 
 
 @dataclass(frozen=True)
@@ -99,32 +101,37 @@ def load_scaling_spec(path: str | os.PathLike, *, smoke: bool = False) -> Scalin
 
 
 def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = False) -> ScalingSpec:
-    def fail(path, msg):
-        raise ScalingSpecError(f"{source}: {path}: {msg}")
+    def fail(path, msg, *, value=None, allowed=None):
+        raise ScalingSpecError(f"{source}: {path}: {msg}", option=path, value=value, allowed=allowed)
+
+    def check(checker, v, path):
+        """``v`` judged by one of the :mod:`sqn_ray.options` checkers (kept as given, not normalised)."""
+        try:
+            checker(path, v)
+        except OptionError as e:
+            if isinstance(e.allowed, tuple):
+                fail(path, f"unknown value {v!r}; allowed: {', '.join(e.allowed)}", value=v, allowed=e.allowed)
+            fail(path, f"expected {e.allowed}, got {v!r}", value=v, allowed=e.allowed)
+        return v
 
     def keys(value, path, allowed):
         if not isinstance(value, dict):
-            fail(path, f"expected a mapping, got {value!r}")
+            fail(path, f"expected a mapping, got {value!r}", value=value, allowed="a mapping")
         for k in value:
             if k not in allowed:
-                fail(f"{path}.{k}" if path != "(top level)" else k, f"unknown key; allowed: {', '.join(allowed)}")
+                fail(f"{path}.{k}" if path != "(top level)" else k, f"unknown key; allowed: {', '.join(allowed)}",
+                     value=value[k], allowed=tuple(allowed))
         return value
 
     def pos_int(v, path, none_ok=False):
         if v is None and none_ok:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            fail(path, f"expected a positive integer, got {v!r}")
-        return v
-
-    def pos_num(v, path):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            fail(path, f"expected a number > 0, got {v!r}")
-        return v
+        return check(positive_int, v, path)
 
     def int_list(v, path):
         if not isinstance(v, list) or not v:
-            fail(path, f"expected a non-empty list of positive integers, got {v!r}")
+            fail(path, f"expected a non-empty list of positive integers, got {v!r}", value=v,
+                 allowed="a non-empty list of positive integers")
         return [pos_int(x, f"{path}[{i}]") for i, x in enumerate(v)]
 
     raw = keys(data if data is not None else {}, "(top level)", TOP_KEYS)
@@ -132,28 +139,25 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
         raw = deep_merge({k: v for k, v in raw.items() if k != "smoke"},
                          keys(raw["smoke"], "smoke", tuple(k for k in TOP_KEYS if k != "smoke")))
     if "problem" in raw and "problems" in raw:
-        fail("problems", "give 'problems' (or its alias 'problem'), not both")
+        fail("problems", "give 'problems' (or its alias 'problem'), not both", value=raw["problems"])
     key = "problem" if "problem" in raw else "problems"
     problems = raw.get(key, ["synthetic-mlp"])
     problems = [problems] if isinstance(problems, str) else problems
     if not isinstance(problems, list) or not problems:
-        fail(key, f"expected a problem name or a non-empty list of them, got {problems!r}")
+        fail(key, f"expected a problem name or a non-empty list of them, got {problems!r}", value=problems,
+             allowed=PROBLEMS)
     for i, problem in enumerate(problems):
-        if problem not in PROBLEMS:
-            fail(f"{key}[{i}]", f"unknown value {problem!r}; allowed: {', '.join(PROBLEMS)}")
-    dtype = raw.get("dtype", "float32")
-    if dtype not in ("float32", "float64"):
-        fail("dtype", f"unknown value {dtype!r}; allowed: float32, float64")
-    device = raw.get("device", "cpu")
-    if device not in ("cpu", "cuda", "auto"):
-        fail("device", f"unknown value {device!r}; allowed: cpu, cuda, auto")
+        check(choice(*PROBLEMS), problem, f"{key}[{i}]")
+    dtype = check(choice("float32", "float64"), raw.get("dtype", "float32"), "dtype")
+    device = check(choice("cpu", "cuda", "auto"), raw.get("device", "cpu"), "device")
     tp = wk = None
     if raw.get("throughput") is not None:
         tp = deep_merge(THROUGHPUT_DEFAULTS, keys(raw["throughput"], "throughput", THROUGHPUT_KEYS))
         tp["batch_sizes"] = int_list(tp["batch_sizes"], "throughput.batch_sizes")
         ops = tp["operations"]
         if not isinstance(ops, list) or not ops or any(o not in OPERATIONS for o in ops):
-            fail("throughput.operations", f"expected a list from {', '.join(OPERATIONS)}, got {ops!r}")
+            fail("throughput.operations", f"expected a list from {', '.join(OPERATIONS)}, got {ops!r}", value=ops,
+                 allowed=OPERATIONS)
         for k in ("memory", "repeats", "threads"):
             pos_int(tp[k], f"throughput.{k}")
         pos_int(tp["chunk_size"], "throughput.chunk_size", none_ok=True)
@@ -164,20 +168,18 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
         if wk["problems"] is not None:
             sub = [wk["problems"]] if isinstance(wk["problems"], str) else wk["problems"]
             if not isinstance(sub, list) or not sub or any(x not in problems for x in sub):
-                fail("workers.problems", f"expected a non-empty subset of {problems}, got {wk['problems']!r}")
+                fail("workers.problems", f"expected a non-empty subset of {problems}, got {wk['problems']!r}",
+                     value=wk["problems"], allowed=tuple(problems))
             wk["problems"] = list(sub)
         for k in ("memory", "iterations", "sg_batch_size"):
             pos_int(wk[k], f"workers.{k}")
         pos_int(wk["sg_steps"], "workers.sg_steps", none_ok=True)
         pos_int(wk["threads_per_worker"], "workers.threads_per_worker", none_ok=True)
         pos_int(wk["chunk_size"], "workers.chunk_size", none_ok=True)
-        pos_num(wk["sg_lr"], "workers.sg_lr")
-        pos_num(wk["cpus_per_worker"], "workers.cpus_per_worker")
-        if isinstance(wk["gpus_per_worker"], bool) or not isinstance(wk["gpus_per_worker"], (int, float)) \
-                or wk["gpus_per_worker"] < 0:
-            fail("workers.gpus_per_worker", f"expected a number >= 0, got {wk['gpus_per_worker']!r}")
-        if isinstance(wk["seed"], bool) or not isinstance(wk["seed"], int) or wk["seed"] < 0:
-            fail("workers.seed", f"expected an integer >= 0, got {wk['seed']!r}")
+        check(positive_float, wk["sg_lr"], "workers.sg_lr")
+        check(positive_float, wk["cpus_per_worker"], "workers.cpus_per_worker")
+        check(nonneg_float, wk["gpus_per_worker"], "workers.gpus_per_worker")
+        check(nonneg_int, wk["seed"], "workers.seed")
     if tp is None and wk is None:
         fail("(top level)", "nothing to measure: give 'throughput', 'workers' or both")
     return ScalingSpec(name=str(raw.get("name") or Path(source).stem), description=str(raw.get("description", "")),

@@ -20,7 +20,8 @@ import time
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from ..objective import HVP_BACKENDS, Objective, fastest_backend, grads_by_loop
+from ..objective import HVP_BACKENDS, Objective, grads_by_loop, hvps_by_backend
+from ..options import choice
 from .methods import StepMethod
 from .minimize import make_record
 from .registry import get_method
@@ -28,8 +29,7 @@ from .registry import get_method
 
 class ClosureOracle:
     def __init__(self, params: list[torch.Tensor], closure, *, hvp_backend: str = "auto"):
-        if hvp_backend not in HVP_BACKENDS:
-            raise ValueError(f"hvp_backend={hvp_backend!r} is not one of {HVP_BACKENDS}")
+        choice(*HVP_BACKENDS)("hvp_backend", hvp_backend)
         self.params, self.closure = params, closure
         self.hvp_backend = hvp_backend
         self.dim = sum(p.numel() for p in params)
@@ -65,38 +65,10 @@ class ClosureOracle:
                              "(the optimizer differentiates it twice itself)")
         grads = torch.autograd.grad(loss, self.params, create_graph=True, materialize_grads=True)
         g = torch.cat([x.reshape(-1) for x in grads])
-        if self.hvp_backend == "auto":
-            self.hvp_backend = self._probe_hvp(g, V)
-        if self.hvp_backend == "batched":
-            try:
-                return self._hvps_batched(g, V)
-            except RuntimeError:  # an op of the model without a batching rule: one pass per vector from now on
-                self.hvp_backend = "loop"
-        return self._hvps_loop(g, V)
-
-    def _hvps_batched(self, g, V):
-        """All m products in one vmapped backward pass through the closure's graph."""
-        hv = torch.autograd.grad(g, self.params, grad_outputs=V.T.contiguous(), retain_graph=True,
-                                 allow_unused=True, materialize_grads=True, is_grads_batched=True)
-        return torch.cat([x.reshape(V.shape[1], -1) for x in hv], dim=1).T
-
-    def _hvps_loop(self, g, V):
-        cols = []
-        for i in range(V.shape[1]):
-            hv = torch.autograd.grad(g, self.params, grad_outputs=V[:, i], retain_graph=True, allow_unused=True,
-                                     materialize_grads=True)
-            cols.append(torch.cat([x.reshape(-1) for x in hv]))
-        return torch.stack(cols, dim=1)
-
-    def _probe_hvp(self, g, V) -> str:
-        """The faster HVP backend for this model, timed once on the first call (as AutogradOracle does):
-        batching wins when per-pass overhead dominates (small models, GPUs), the loop on big CPU models."""
-        try:
-            self._hvps_batched(g, V[:, :2])
-        except RuntimeError:
-            return "loop"
-        return fastest_backend({"batched": lambda: self._hvps_batched(g, V), "loop": lambda: self._hvps_loop(g, V)},
-                               self.device)
+        # the backend policy of AutogradOracle: 'auto' timed once; 'batched' falls back to 'loop' for good when an
+        # op of the model has no batching rule
+        self.hvp_backend, HV = hvps_by_backend(self.hvp_backend, self.params, g, V, self.device)
+        return HV
 
     def grads(self, W):
         return grads_by_loop(self, W)

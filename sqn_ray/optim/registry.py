@@ -6,8 +6,6 @@ cross options a method ignores (``radius`` for ``lbfgs``) into duplicate trials.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +15,15 @@ from ..curvature.models import B0_CHOICES, CompactLSR1, DenseBFGSInverse, DenseS
 from ..curvature.sampling import SAMPLINGS
 from ..curvature.sources import PathPairs, SampledPairs
 from ..objective import Objective
+from ..options import OptionError
+from ..options import boolean as _bool
+from ..options import callable_or_none as _callable_or_none
+from ..options import choice as _choice
+from ..options import nonneg_float as _nonneg_float
+from ..options import positive_float as _positive_float
+from ..options import positive_int as _positive_int
+from ..options import seed_or_none as _seed
+from ..options import unit_interval as _unit_interval
 from .globalization import TrustRegionRule
 from .methods import Adam, GradientDescent, LineSearchMethod, TrustRegionMethod
 
@@ -27,60 +34,8 @@ FIRST_STEPS = ("gradient", "sampled")
 @dataclass(frozen=True)
 class OptionSpec:
     default: Any
-    check: Callable[[str, Any], Any]  # returns the normalised value or raises ValueError
+    check: Callable[[str, Any], Any]  # returns the normalised value or raises OptionError (a ValueError)
     doc: str
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
-def _positive_float(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return float(v)
-
-
-def _unit_interval(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
-    return float(v)
-
-
-def _nonneg_float(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    return float(v)
-
-
-def _seed(name, v):
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-        raise ValueError(f"{name} must be a non-negative integer or None, got {v!r}")
-    return int(v)
-
-
-def _bool(name, v):
-    if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {v!r}")
-    return v
-
-
-def _callable_or_none(name, v):
-    if v is not None and not callable(v):
-        raise ValueError(f"{name} must be a callable (d, m) -> Tensor[d, m] or None, got {v!r}")
-    return v
-
-
-def _choice(*allowed):
-    def check(name, v):
-        if v not in allowed:
-            raise ValueError(f"{name}={v!r} is not one of {allowed}")
-        return v
-    return check
 
 
 SEED = {"seed": OptionSpec(0, _seed, "seed of the method's own generator (direction stream)")}
@@ -114,8 +69,11 @@ class MethodSpec:
     def validate(self, given: dict) -> dict:
         unknown = sorted(set(given) - set(self.options))
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for method {self.name!r}; "
-                             f"valid options: {sorted(self.options)}")
+            raise OptionError(f"unknown option(s) {unknown} for method {self.name!r}; "
+                              f"valid options: {sorted(self.options)}",
+                              option=unknown[0] if len(unknown) == 1 else tuple(unknown),
+                              value=given[unknown[0]] if len(unknown) == 1 else {k: given[k] for k in unknown},
+                              allowed=tuple(sorted(self.options)))
         return {k: spec.check(k, given.get(k, spec.default)) for k, spec in self.options.items()}
 
 
@@ -207,7 +165,8 @@ SAMPLED_METHODS = tuple(m for m in METHODS if REGISTRY[m].family == "sampled QN"
 def methods_of(family: str) -> tuple[str, ...]:
     """The registered methods of one family (:data:`FAMILIES`), in registry order."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown method family {family!r}; valid families: {list(FAMILIES)}")
+        raise OptionError(f"unknown method family {family!r}; valid families: {list(FAMILIES)}",
+                          option="family", value=family, allowed=FAMILIES)
     return tuple(m for m in METHODS if REGISTRY[m].family == family)
 
 
@@ -221,7 +180,8 @@ def get_method(name: str) -> MethodSpec:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown method {name!r}; valid methods: {list(METHODS)}") from None
+        raise OptionError(f"unknown method {name!r}; valid methods: {list(METHODS)}",
+                          option="method", value=name, allowed=METHODS) from None
 
 
 def method_options(name: str) -> dict[str, Any]:
@@ -230,5 +190,6 @@ def method_options(name: str) -> dict[str, Any]:
 
 
 def validate_options(method: str, **options) -> dict:
-    """The full, validated option dict for ``method`` (defaults filled in); ValueError on any bad input."""
+    """The full, validated option dict for ``method`` (defaults filled in); :class:`~sqn_ray.options.OptionError`
+    (a ValueError naming the option, the value and what is allowed) on any bad input."""
     return get_method(method).validate(options)

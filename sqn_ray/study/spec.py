@@ -54,6 +54,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from sqn_ray.options import OptionError, choice, finite_float, integer, nonneg_float, nonneg_int, positive_float, \
+    positive_int
+
 __all__ = [
     "StudySpecError", "Distribution", "Study", "CellGrid", "load_study", "parse_study", "read_yaml",
     "read_yaml_file", "deep_merge", "METRICS", "TIME_ATTRS", "SEARCH_ALGORITHMS",
@@ -91,8 +94,11 @@ MAX_PROBED_COMBINATIONS = 20_000   # a method's option grid up to this size is v
 MAX_SHOWN_CHARS = 120               # a value quoted in an error message
 
 
-class StudySpecError(ValueError):
-    """A study file is invalid. The message names the file, the field path and the allowed values."""
+class StudySpecError(OptionError):
+    """A study file is invalid. The message names the file, the field path and the allowed values; as an
+    :class:`~sqn_ray.options.OptionError` it carries them too: ``option`` the field path
+    (``methods.s-lsr1.radius``; None for an error about the whole file), ``value`` the value found there,
+    ``allowed`` the allowed values (a tuple) or a description of them."""
 
 
 def _shown(value, limit: int = MAX_SHOWN_CHARS) -> str:
@@ -373,6 +379,8 @@ def read_yaml_file(path: str | Path, *, error: type[Exception] = StudySpecError)
     try:
         return read_yaml(text, source=str(path)), text
     except StudySpecError as e:
+        if isinstance(error, type) and issubclass(error, OptionError):
+            raise error(str(e), option=e.option, value=e.value, allowed=e.allowed) from None
         raise error(str(e)) from None
 
 
@@ -446,6 +454,10 @@ def deep_merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+#: the checkers of ``integer(..., low=...)``
+_AT_LEAST = {0: nonneg_int, 1: positive_int}
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -460,23 +472,37 @@ class _Parser:
         self.suffix = ""
         self.shared_axes: dict = {}
 
-    def fail(self, path: str, message: str, allowed: Iterable | None = None):
+    def fail(self, path: str, message: str, allowed: Iterable | None = None, *, value: Any = None,
+             expected: str | None = None):
+        """Raise the StudySpecError of field ``path``: ``allowed`` values are listed in the message (and are the
+        error's ``allowed``), else ``expected`` describes what is allowed; ``value`` is the value found."""
         msg = f"{self.source}: {path}: {message}"
         if allowed is not None:
+            allowed = tuple(allowed)
             msg += f"; allowed: {_fmt(allowed)}"
-        raise StudySpecError(msg + self.suffix)
+        raise StudySpecError(msg + self.suffix, option=path, value=value,
+                             allowed=allowed if allowed is not None else expected)
+
+    def check(self, checker, value, path: str, message: str):
+        """``value`` judged (and normalised) by one of the :mod:`sqn_ray.options` checkers; on a bad value, fail
+        with ``message`` (formatted with ``shown``, the value cut for the message, and ``value``)."""
+        try:
+            return checker(path, value)
+        except OptionError as e:
+            self.fail(path, message.format(shown=_shown(value), value=value), value=value, expected=e.allowed)
 
     # -- small typed readers ---------------------------------------------------------------------
     def mapping(self, value, path, keys: Iterable[str] | None = None) -> dict:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.fail(path, f"expected a mapping, got {type(value).__name__} {_shown(value)}")
+            self.fail(path, f"expected a mapping, got {type(value).__name__} {_shown(value)}", value=value,
+                      expected="a mapping")
         for k in value:
             if not isinstance(k, str):
-                self.fail(path, f"keys must be strings, got {_shown(k)}")
+                self.fail(path, f"keys must be strings, got {_shown(k)}", value=k, expected="a string key")
             if keys is not None and k not in keys:
-                self.fail(f"{path}.{k}" if path else k, "unknown key", keys)
+                self.fail(f"{path}.{k}" if path else k, "unknown key", keys, value=value[k])
         return dict(value)
 
     def integer(self, value, path, *, low=None, none_ok=False):
@@ -484,39 +510,43 @@ class _Parser:
             return None
         if isinstance(value, float) and value.is_integer() and math.isfinite(value):
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(path, f"expected an integer, got {_shown(value)}")
-        if low is not None and value < low:
-            self.fail(path, f"must be >= {low}, got {value}")
+        value = self.check(integer, value, path, "expected an integer, got {shown}")
+        if low in _AT_LEAST:
+            self.check(_AT_LEAST[low], value, path, f"must be >= {low}, got {{value}}")
+        elif low is not None and value < low:
+            self.fail(path, f"must be >= {low}, got {value}", value=value, expected=f"an integer >= {low}")
         return value
 
     def number(self, value, path, *, positive=False, nonneg=False, none_ok=False):
         if value is None and none_ok:
             return None
-        if not _is_number(value) or not math.isfinite(value):
-            self.fail(path, f"expected a finite number, got {_shown(value)}")
-        if positive and value <= 0:
-            self.fail(path, f"must be > 0, got {value}")
-        if nonneg and value < 0:
-            self.fail(path, f"must be >= 0, got {value}")
-        return value
+        self.check(finite_float, value, path, "expected a finite number, got {shown}")
+        if positive:
+            self.check(positive_float, value, path, "must be > 0, got {value}")
+        if nonneg:
+            self.check(nonneg_float, value, path, "must be >= 0, got {value}")
+        return value if isinstance(value, (int, float)) else float(value)  # a plain number, as YAML gives
 
     def choice(self, value, path, allowed):
-        if value not in allowed:
-            self.fail(path, f"unknown value {_shown(value)}", allowed)
+        try:
+            choice(*allowed)(path, value)
+        except OptionError as e:
+            self.fail(path, f"unknown value {_shown(value)}", e.allowed, value=value)
         return value
 
     def str_list(self, value, path, allowed) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            self.fail(path, f"expected a non-empty list, got {_shown(value)}", allowed)
+            self.fail(path, f"expected a non-empty list, got {_shown(value)}", allowed, value=value)
         seen: dict = {}
         for i, v in enumerate(value):
-            if not isinstance(v, str) or v not in allowed:
-                self.fail(f"{path}[{i}]", f"unknown value {_shown(v)}", allowed)
+            if not isinstance(v, str):
+                self.fail(f"{path}[{i}]", f"unknown value {_shown(v)}", allowed, value=v)
+            self.choice(v, f"{path}[{i}]", allowed)
             if v in seen:
-                self.fail(f"{path}[{i}]", f"{_shown(v)} is listed twice (also {path}[{seen[v]}])")
+                self.fail(f"{path}[{i}]", f"{_shown(v)} is listed twice (also {path}[{seen[v]}])", value=v,
+                          expected="each value once")
             seen[v] = i
         return tuple(seen)
 
@@ -544,10 +574,11 @@ class _Parser:
         stem = Path(self.source).stem if self.source != "<study>" else "study"
         name = spec.get("name", stem)
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            self.fail("name", f"expected a name of letters, digits, '_', '.', '-', got {_shown(name)}")
+            self.fail("name", f"expected a name of letters, digits, '_', '.', '-', got {_shown(name)}",
+                      value=name)
         description = spec.get("description", "")
         if not isinstance(description, str):
-            self.fail("description", f"expected a string, got {_shown(description)}")
+            self.fail("description", f"expected a string, got {_shown(description)}", value=description)
         if len(description) > MAX_DESCRIPTION_CHARS:
             self.fail("description", f"{len(description):,} characters, over the limit of "
                                      f"{MAX_DESCRIPTION_CHARS:,} (it is stored in every results file)")
@@ -582,14 +613,15 @@ class _Parser:
         if accuracy is not None and accuracy != "target":
             accuracy = self.number(accuracy, "stop.accuracy", positive=True)
             if accuracy > 1:
-                self.fail("stop.accuracy", f"an accuracy is at most 1 (a fraction), got {accuracy}")
+                self.fail("stop.accuracy", f"an accuracy is at most 1 (a fraction), got {accuracy}", value=accuracy)
         stop = {"accuracy": accuracy, "loss": self.number(stop.get("loss"), "stop.loss", none_ok=True)}
 
         resources = self.mapping(spec.get("resources"), "resources", RESOURCE_KEYS)
         resources = {"cpu": self.number(resources.get("cpu", 1), "resources.cpu", positive=True),
                      "gpu": self.number(resources.get("gpu", 0), "resources.gpu", nonneg=True)}
         if resources["gpu"] > 1 and not float(resources["gpu"]).is_integer():
-            self.fail("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {resources['gpu']}")
+            self.fail("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {resources['gpu']}",
+                      value=resources["gpu"])
 
         metric_spec = spec.get("metric", "loss")
         if isinstance(metric_spec, str):
@@ -663,7 +695,8 @@ class _Parser:
         for i, s in enumerate(value):
             s = self.integer(s, f"seeds[{i}]", low=0)
             if s in out:
-                self.fail(f"seeds[{i}]", f"seed {s} is listed twice (also seeds[{out[s]}])")
+                self.fail(f"seeds[{i}]", f"seed {s} is listed twice (also seeds[{out[s]}])", value=s,
+                          expected="each seed once")
             out[s] = i
         return tuple(out)
 
@@ -683,10 +716,10 @@ class _Parser:
         max_t = self.number(max_t, "scheduler.max_t", positive=True)
         grace = self.number(value.get("grace_period", max(1, max_t / 27)), "scheduler.grace_period", positive=True)
         if grace > max_t:
-            self.fail("scheduler.grace_period", f"must be <= max_t ({max_t}), got {grace}")
+            self.fail("scheduler.grace_period", f"must be <= max_t ({max_t}), got {grace}", value=grace)
         rf = self.number(value.get("reduction_factor", 3), "scheduler.reduction_factor", positive=True)
         if rf <= 1:
-            self.fail("scheduler.reduction_factor", f"must be > 1, got {rf}")
+            self.fail("scheduler.reduction_factor", f"must be > 1, got {rf}", value=rf)
         return {"type": kind, "time_attr": time_attr, "max_t": max_t, "grace_period": grace,
                 "reduction_factor": rf, "brackets": self.integer(value.get("brackets", 1), "scheduler.brackets",
                                                                  low=1)}
@@ -758,7 +791,7 @@ class _Parser:
                     self.fail(f"methods.{method}.seed", "seeds come from the top-level 'seeds' (common random "
                                                         "numbers across cells)")
                 if opt not in known:
-                    self.fail(f"methods.{method}.{opt}", f"not an option of {method}", sorted(known))
+                    self.fail(f"methods.{method}.{opt}", f"not an option of {method}", sorted(known), value=v)
                 axes[opt] = self.axis(v, f"methods.{method}.{opt}", algorithm)
             self.check_values(method, axes, sqn_ray)
             out[method] = axes
@@ -790,7 +823,9 @@ class _Parser:
         for probe in probes:
             try:
                 sqn_ray.validate_options(method, **probe, seed=0)
+            except OptionError as e:  # the core names the option: the field is methods.<method>.<option>
+                known = isinstance(e.option, str) and e.option in probe
+                self.fail(f"methods.{method}" + (f".{e.option}" if known else ""), f"{e} (values {probe})",
+                          value=e.value, expected=e.allowed)
             except (ValueError, TypeError) as e:
-                bad = [k for k in probe if f"'{k}'" in str(e) or k in str(e)]
-                where = f"methods.{method}" + (f".{bad[0]}" if len(bad) == 1 else "")
-                self.fail(where, f"{e} (values {probe})")
+                self.fail(f"methods.{method}", f"{e} (values {probe})", value=probe)
