@@ -47,17 +47,18 @@ def trajectory(problem, seed: int = 0, *, memory: int = 10, radius: float = 1.0,
     import torch
 
     import sqn_ray
+    from sqn_ray.stopping import StopRules
 
-    target = problem.target_accuracy
+    rules = StopRules(iterations=max_iters, accuracy=problem.target_accuracy)
     iterates, accuracy = [], []
 
     def callback(x, record):
         iterates.append(x.detach().clone())
         accuracy.append(float(problem.accuracy(x)))
-        return target is not None and accuracy[-1] >= target
+        return rules.check(record, accuracy=accuracy[-1]) is not None
 
-    result = sqn_ray.minimize(problem.oracle, problem.init(seed), "s-lsr1", max_iters=max_iters, callback=callback,
-                              memory=memory, radius=radius, sampling=sampling, seed=seed, **options)
+    result = sqn_ray.minimize(problem.oracle, problem.init(seed), "s-lsr1", **rules.minimize_options(),
+                              callback=callback, memory=memory, radius=radius, sampling=sampling, seed=seed, **options)
     history = result.history.iloc[:len(iterates)].copy()
     history["accuracy"] = accuracy
     W = torch.stack(iterates)

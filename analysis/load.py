@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from sqn_ray.io import read_parquet_metadata as read_metadata  # one reader for every Parquet the project writes
 from sqn_ray.optim.registry import METHODS, method_family, methods_of
+from sqn_ray.records import RECORD_FIELDS
+from sqn_ray.study.results import ACCURACY, record_arrow_schema
 
 __all__ = ["Study", "load_study", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
            "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE", "TRIALS_FILE",
@@ -42,10 +45,13 @@ CLASSICAL = methods_of("classical QN")
 FIRST_ORDER = methods_of("first order")
 ANCHORS = methods_of("external anchor")
 
-#: columns of iterations.parquet the analysis uses (missing ones are added as NaN)
-ITERATION_COLUMNS = ("iteration", "loss", "accuracy", "grad_norm", "n_fun", "n_grad", "n_hvp", "grad_equivalents",
-                     "epochs", "wall_time", "step_size", "trust_radius", "pairs_kept", "s_norm", "inner_iters",
-                     "t_pairs", "t_model", "t_search", "t_grad")
+#: columns of iterations.parquet the analysis uses (missing ones are added as NaN): the platform's typed
+#: per-iteration columns (the record schema of sqn_ray.records, plus accuracy) in the file's order, but the
+#: optional fields and the flags (a missing bool column is not NaN)
+ITERATION_COLUMNS = tuple(f.name for f in record_arrow_schema()
+                          if f.name == ACCURACY or (f.name in RECORD_FIELDS and not pa.types.is_boolean(f.type)))
+#: every per-iteration column the platform writes for the record (never a hyperparameter)
+_RECORD_COLUMNS = frozenset(f.name for f in record_arrow_schema())
 #: trials.parquet columns that are results or bookkeeping, not hyperparameters
 _TRIAL_RESULT_COLUMNS = {
     "study", "trial_id", "cell", "variant", "problem", "method", "seed", "status", "stop_reason", "error",
@@ -207,8 +213,8 @@ def _option_columns(trials: pd.DataFrame, iterations: pd.DataFrame) -> list[str]
                 pass
     if not names:
         cols = trials.columns if len(trials.columns) else iterations.columns
-        record = set(ITERATION_COLUMNS) | {"accepted", "step_norm", "identity_fallback", "rho", "b0_gamma"}
-        names = {c for c in cols if c not in _TRIAL_RESULT_COLUMNS and c not in record and not c.startswith("t_")}
+        names = {c for c in cols if c not in _TRIAL_RESULT_COLUMNS and c not in _RECORD_COLUMNS
+                 and not c.startswith("t_")}
     names.update(("memory", "radius", "sampling"))  # the paper's axes, always columns of the platform's files
     return sorted(n for n in names if n in trials.columns or n in iterations.columns)
 

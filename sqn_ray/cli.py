@@ -91,22 +91,35 @@ def _method_options(args) -> dict:
 
 
 class LiveTable:
-    """A compact per-iteration table: the numbers a researcher watches while a run goes."""
+    """A compact per-iteration table: the numbers a researcher watches while a run goes.
 
-    HEADER = (f"{'iter':>5} {'loss':>12} {'acc':>6} {'|g|':>9} {'f':>6} {'g':>6} {'hvp':>7} {'grad-eq':>9} "
-              f"{'alpha/Delta':>11} {'acc?':>4} {'pairs':>5} {'time':>7}")
+    ``COLUMNS``: (record field, header, width, format) per column, fields of the record schema
+    (:mod:`sqn_ray.records`) plus the run's ``accuracy``; ``trust_radius`` shows the step size where a method
+    has no trust region, ``accepted`` shows y/n."""
+
+    COLUMNS = (("iteration", "iter", 5, "d"), ("loss", "loss", 12, ".6g"), ("accuracy", "acc", 6, ".3f"),
+               ("grad_norm", "|g|", 9, ".3g"), ("n_fun", "f", 6, "d"), ("n_grad", "g", 6, "d"),
+               ("n_hvp", "hvp", 7, "d"), ("grad_equivalents", "grad-eq", 9, ".1f"),
+               ("trust_radius", "alpha/Delta", 11, ".4g"), ("accepted", "acc?", 4, ""),
+               ("pairs_kept", "pairs", 5, "d"), ("wall_time", "time", 7, ".2f"))
+    HEADER = " ".join(f"{header:>{width}}" for _, header, width, _ in COLUMNS)
 
     def __init__(self, every: int, out=None):
         self.every, self.out = max(1, every), out or sys.stdout
         print(self.HEADER, file=self.out)
 
+    @staticmethod
+    def _value(r: dict, name: str):
+        if name == "trust_radius":  # the step's knob: the trust radius, else the step size
+            return r["trust_radius"] if not math.isnan(r["trust_radius"]) else r["step_size"]
+        if name == "accepted":
+            return "y" if r["accepted"] else "n"
+        return r[name]
+
     def row(self, r: dict, force: bool = False):
         if not force and r["iteration"] % self.every:
             return
-        knob = r["trust_radius"] if not math.isnan(r["trust_radius"]) else r["step_size"]
-        print(f"{r['iteration']:>5d} {r['loss']:>12.6g} {r['accuracy']:>6.3f} {r['grad_norm']:>9.3g} {r['n_fun']:>6d} "
-              f"{r['n_grad']:>6d} {r['n_hvp']:>7d} {r['grad_equivalents']:>9.1f} {knob:>11.4g} "
-              f"{'y' if r['accepted'] else 'n':>4} {r['pairs_kept']:>5d} {r['wall_time']:>7.2f}",
+        print(" ".join(format(self._value(r, name), f">{width}{fmt}") for name, _, width, fmt in self.COLUMNS),
               file=self.out, flush=True)
 
 
@@ -116,12 +129,14 @@ def cmd_run(args) -> int:
     from . import minimize, validate_options
     from .io import write_parquet_atomic
     from .problems import get_problem
+    from .stopping import StopRules
 
     options = _method_options(args)
     options["seed"] = args.seed
     validate_options(args.method, **options)  # bad input fails here, before any work
     problem = get_problem(args.problem, dtype=getattr(torch, args.dtype), device=args.device)
     target = args.target_accuracy if args.target_accuracy is not None else problem.target_accuracy
+    rules = StopRules(iterations=args.max_iters, accuracy=target)
     table = None if args.quiet else LiveTable(args.every)
     accuracies = []
 
@@ -130,10 +145,10 @@ def cmd_run(args) -> int:
         accuracies.append(record["accuracy"])
         if table:
             table.row(record)
-        return target is not None and record["accuracy"] >= target
+        return rules.check(record, accuracy=record["accuracy"]) is not None
 
     t0 = time.perf_counter()
-    result = minimize(problem.oracle, problem.init(args.seed), method=args.method, max_iters=args.max_iters,
+    result = minimize(problem.oracle, problem.init(args.seed), method=args.method, **rules.minimize_options(),
                       callback=callback, **options)
     history = result.history
     if len(accuracies) < len(history):  # a diverged final record never reached the callback

@@ -1,6 +1,7 @@
 """The layers the code must keep, read from every module's imports (lazy ones inside functions too):
 
-    core      sqn_ray (package), objective, curvature, linalg, optim, spectral, io   -> core only
+    core      sqn_ray (package), objective, options, curvature, linalg, optim, spectral, io,
+              records (the per-iteration record's schema), stopping (the stop rules)        -> core only
     problems  sqn_ray.problems, sqn_ray.data                                        -> core, problems
     platform  sqn_ray.study, distributed, scaling, ray_session                      -> anything but the shells
     shells    sqn_ray.cli, analysis                                                 -> see below
@@ -19,8 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
-    "core": ("sqn_ray.objective", "sqn_ray.curvature", "sqn_ray.linalg", "sqn_ray.optim", "sqn_ray.spectral",
-             "sqn_ray.io"),
+    "core": ("sqn_ray.objective", "sqn_ray.options", "sqn_ray.curvature", "sqn_ray.linalg", "sqn_ray.optim",
+             "sqn_ray.spectral", "sqn_ray.io", "sqn_ray.records", "sqn_ray.stopping"),
     "problems": ("sqn_ray.problems", "sqn_ray.data"),
     "platform": ("sqn_ray.study", "sqn_ray.distributed", "sqn_ray.scaling", "sqn_ray.ray_session"),
     "cli": ("sqn_ray.cli",),
@@ -35,7 +36,8 @@ ALLOWED = {
 }
 RAY_LAYERS = {"platform"}
 # what the analysis readers may use of the rest (Parquet metadata helpers; the study file reader)
-ANALYSIS_READER_IMPORTS = ("sqn_ray.io", "sqn_ray.study.spec", "sqn_ray.study.results", "sqn_ray.optim.registry")
+ANALYSIS_READER_IMPORTS = ("sqn_ray.io", "sqn_ray.options", "sqn_ray.study.spec", "sqn_ray.study.results",
+                           "sqn_ray.optim.registry", "sqn_ray.records")
 
 
 def layer_of(module: str) -> str | None:

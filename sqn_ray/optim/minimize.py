@@ -10,12 +10,10 @@ import pandas as pd
 import torch
 
 from ..objective import AutogradOracle, Objective
+from ..records import RECORD_FIELDS  # the record's fields, defined once; importable from here too
 from .registry import get_method
 
 STATUSES = ("converged", "max_iters", "callback", "diverged", "stalled")
-RECORD_FIELDS = ("iteration", "loss", "grad_norm", "n_fun", "n_grad", "n_hvp", "grad_equivalents", "epochs",
-                 "step_size", "trust_radius", "accepted", "pairs_kept", "s_norm", "step_norm",
-                 "identity_fallback", "rho", "inner_iters", "wall_time", "t_pairs", "t_model", "t_search", "t_grad")
 
 
 @dataclass

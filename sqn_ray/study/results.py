@@ -4,7 +4,9 @@
   ``trial_id``, ``cell``, ``variant``, ``problem``, ``method``, one column per option any method of the study
   sets, ``seed``), then the optimizer's record (``iteration``, ``loss``, ``accuracy``, ``grad_norm``,
   ``n_fun``, ``n_grad``, ``n_hvp``, ``grad_equivalents``, ``epochs``, ``wall_time``, ``step_size``,
-  ``trust_radius``, ``accepted``, ``pairs_kept``, ``s_norm`` and whatever else the method records).
+  ``trust_radius``, ``accepted``, ``pairs_kept``, ``s_norm``: :data:`RECORD_COLUMNS`, always columns; then
+  the record's other fields and whatever else the method records; the record's fields and their types are
+  defined once, in :mod:`sqn_ray.records`).
   ``accuracy`` is NaN on iterations where it was not evaluated (``accuracy_every``); ``wall_time`` is the
   optimizer's own time (the platform's accuracy evaluations and pauses are taken out).
 * ``trials.parquet``: one row per trial: the same identity columns, ``status`` (solved / budget / diverged /
@@ -44,25 +46,41 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..io import read_parquet_metadata, write_table_atomic
+from ..records import FIELDS, arrow_types, leading_names
 
 __all__ = ["ResultStore", "record_table", "read_metadata", "write_table_atomic", "study_metadata", "ID_COLUMNS",
-           "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES"]
+           "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES", "ACCURACY", "arrow_type", "record_arrow_schema"]
 
 TERMINAL_STATUSES = ("solved", "budget", "diverged", "failed")
 ID_COLUMNS = ("study", "trial_id", "cell", "variant", "problem", "method")
-#: the optimizer's record columns and their Arrow types (others a method records are inferred)
-RECORD_COLUMNS = {
-    "iteration": pa.int64(), "loss": pa.float64(), "accuracy": pa.float64(), "grad_norm": pa.float64(),
-    "n_fun": pa.int64(), "n_grad": pa.int64(), "n_hvp": pa.int64(), "grad_equivalents": pa.float64(),
-    "epochs": pa.float64(), "wall_time": pa.float64(), "step_size": pa.float64(),
-    "trust_radius": pa.float64(), "accepted": pa.bool_(), "pairs_kept": pa.int64(), "s_norm": pa.float64(),
-}
-#: the other fields every method records (see sqn_ray.optim.minimize.RECORD_FIELDS): typed up front so that a
-#: chunk converts without inspecting its values; fields a method adds beyond these are inferred
-OPTIMIZER_COLUMNS = {
-    "step_norm": pa.float64(), "identity_fallback": pa.bool_(), "rho": pa.float64(), "inner_iters": pa.int64(),
-    "t_pairs": pa.float64(), "t_model": pa.float64(), "t_search": pa.float64(), "t_grad": pa.float64(),
-}
+#: the platform's own per-iteration column (the training accuracy, NaN where not evaluated): after ``loss``
+ACCURACY = "accuracy"
+
+
+def arrow_type(name: str) -> pa.DataType:
+    """The pyarrow type of a type name the record schema (:mod:`sqn_ray.records`) declares."""
+    return {"int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}[name]
+
+
+def record_arrow_schema() -> pa.Schema:
+    """The typed per-iteration columns of iterations.parquet, from the record schema: its leading block
+    (the record's leading fields, ``accuracy`` after ``loss``) first, then the record's other fields."""
+    cols: dict[str, pa.DataType] = {}
+    for name in leading_names():
+        cols[name] = arrow_type(FIELDS[name].arrow)
+        if name == "loss":
+            cols[ACCURACY] = pa.float64()
+    for name, typ in arrow_types().items():
+        cols.setdefault(name, arrow_type(typ))
+    return pa.schema(list(cols.items()))
+
+
+#: the leading block of iterations.parquet after the identity columns, with Arrow types: always columns (null
+#: where a method does not record one); the columns a method records beyond them follow, sorted
+RECORD_COLUMNS = {f.name: f.type for f in record_arrow_schema() if f.name == ACCURACY or FIELDS[f.name].leading}
+#: the record's other fields (see sqn_ray.records.ITERATION_RECORD): typed up front so that a chunk converts
+#: without inspecting its values; fields a method adds beyond these are inferred
+OPTIMIZER_COLUMNS = {f.name: f.type for f in record_arrow_schema() if f.name not in RECORD_COLUMNS}
 _TYPED_COLUMNS = {**OPTIMIZER_COLUMNS, **RECORD_COLUMNS}  # what record_table types without looking
 TRIAL_COLUMNS = {
     "status": pa.string(), "stop_reason": pa.string(), "error": pa.string(), "optimizer_status": pa.string(),

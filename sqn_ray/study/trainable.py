@@ -14,7 +14,8 @@ Inside a trial:
   sees CUDA, otherwise the CPU (``device: cuda`` in the study makes a missing GPU an error instead);
 * torch uses as many threads as the trial has CPUs (toy trials: one);
 * the budget (iterations, gradient-equivalents, wall time) and the stop rule (target accuracy or loss) are
-  applied through ``minimize``'s callback;
+  one :class:`sqn_ray.stopping.StopRules`, applied through ``minimize``'s callback (the iteration budget as
+  ``max_iters``);
 * whatever the run raises becomes a trial with status ``failed`` and the error text; a non-finite loss gives
   ``diverged``; the study goes on.
 """
@@ -33,11 +34,23 @@ from typing import Any
 import ray
 from ray import tune
 
+from ..records import metric_names
+from ..stopping import StopRules, reason_of_status
 from .results import record_table
 
 __all__ = ["StudyTrainable", "cell_from_config", "trial_dirname"]
 
 _END = object()
+#: the record fields a trial reports to Tune as live metrics (the record schema says which), and all the
+#: metrics a result carries: those and the platform's best loss, accuracy and best accuracy
+_RECORD_METRICS = metric_names()
+_METRICS = (*_RECORD_METRICS, "best_loss", "accuracy", "best_accuracy")
+#: the trial summary's name of a metric where it differs (a replayed trial reports its summary)
+_SUMMARY_KEY = {"loss": "final_loss", "grad_norm": "final_grad_norm", "iteration": "iterations",
+                "accuracy": "final_accuracy"}
+#: Tune's bad side of a non-finite metric: -inf for these, +inf for the losses and gradient norm, else 0
+_HIGHER_IS_BETTER = ("accuracy", "best_accuracy")
+_LOWER_IS_BETTER = ("loss", "best_loss", "grad_norm")
 
 
 def _plain(v):
@@ -139,11 +152,7 @@ class StudyTrainable(tune.Trainable):
     def step(self):
         if self._replay is not None:  # finished before the interruption: its rows are on the driver already
             s = self._replay
-            metrics = {"loss": s.get("final_loss"), "best_loss": s.get("best_loss"),
-                       "accuracy": s.get("final_accuracy"), "best_accuracy": s.get("best_accuracy"),
-                       "grad_norm": s.get("final_grad_norm"), "iteration": s.get("iterations"),
-                       "grad_equivalents": s.get("grad_equivalents"), "epochs": s.get("epochs"),
-                       "wall_time": s.get("wall_time")}
+            metrics = {k: s.get(_SUMMARY_KEY.get(k, k)) for k in _METRICS}
             return {**self._sanitize(metrics), "replayed": True, "done": True}
         self._deadline = time.monotonic() + float(self._settings["report_interval"])
         if self._lockstep:
@@ -176,12 +185,10 @@ class StudyTrainable(tune.Trainable):
     def _sanitize(self, m: dict) -> dict:
         """Tune-facing metrics must be numbers: non-finite -> ±inf on the bad side of the study's mode."""
         out = {}
-        for k in ("loss", "best_loss", "accuracy", "best_accuracy", "grad_norm", "iteration",
-                  "grad_equivalents", "epochs", "wall_time"):
+        for k in _METRICS:
             v = m.get(k)
             if v is None or not math.isfinite(v):
-                worse = -math.inf if k in ("accuracy", "best_accuracy") else math.inf
-                v = worse if k in ("loss", "best_loss", "accuracy", "best_accuracy", "grad_norm") else 0.0
+                v = -math.inf if k in _HIGHER_IS_BETTER else math.inf if k in _LOWER_IS_BETTER else 0.0
             out[k] = v
         return out
 
@@ -211,7 +218,7 @@ class StudyTrainable(tune.Trainable):
     def _emit_chunk(self) -> None:
         if self._rows.items:
             cols = self._rows.take()
-            for k in ("loss", "grad_norm", "iteration", "grad_equivalents", "epochs", "wall_time"):
+            for k in _RECORD_METRICS:
                 if cols.get(k) and cols[k][-1] is not None:
                     self._last[k] = cols[k][-1]
             acc = next((a for a in reversed(cols.get("accuracy", ())) if a is not None and math.isfinite(a)), None)
@@ -245,9 +252,8 @@ class StudyTrainable(tune.Trainable):
             device = self._info["device"] = self._device(gpu_ids)
             dtype = getattr(torch, s["dtype"])
             problem = self._problem(cell["problem"], dtype, device)
-            target = stop.get("accuracy")
-            if target == "target":
-                target = problem.target_accuracy  # None for problems without one: no stop rule then
+            # 'target' is the problem's own target accuracy (None for problems without one: no accuracy rule)
+            rules = StopRules.from_study(budget, stop, target_accuracy=problem.target_accuracy)
             self._info["problem_target_accuracy"] = problem.target_accuracy
             # the problem's size, for the analysis (which reads it from the results, never builds problems)
             self._info.update(problem_dim=int(problem.dim), problem_n=int(problem.n_samples))
@@ -271,16 +277,7 @@ class StudyTrainable(tune.Trainable):
                 rows.append(record, overhead, acc, extra)
                 self._track(record["loss"], acc)
                 streamed.add(it)
-                halt = None
-                if target is not None and acc >= target:
-                    halt = "target"
-                elif stop.get("loss") is not None and record["loss"] <= stop["loss"]:
-                    halt = "target_loss"
-                elif (budget.get("grad_equivalents") is not None
-                      and record["grad_equivalents"] >= budget["grad_equivalents"]):
-                    halt = "grad_equivalents"
-                elif budget.get("wall_time") is not None and record["wall_time"] - overhead >= budget["wall_time"]:
-                    halt = "wall_time"
+                halt = rules.check(record, accuracy=acc, overhead=overhead)
                 if halt is None and time.monotonic() >= self._deadline:
                     self._emit_chunk()
                     if self._lockstep:
@@ -301,7 +298,7 @@ class StudyTrainable(tune.Trainable):
                 while not self._permit.acquire(timeout=0.2):
                     if self._halt.is_set():
                         raise _Stop
-            result = sqn_ray.minimize(problem.oracle, w0, cell["method"], max_iters=int(budget["iterations"]),
+            result = sqn_ray.minimize(problem.oracle, w0, cell["method"], **rules.minimize_options(),
                                       callback=callback, seed=cell["seed"], **cell["options"])
             # iterates the callback never saw (a diverged step is recorded but not called back)
             hist = result.history
@@ -319,10 +316,8 @@ class StudyTrainable(tune.Trainable):
                     acc = float(problem.accuracy(result.x))
                     final["patch_last"] = {"accuracy": acc}
                     self._track(math.nan, acc)
-                why = reason.get("why") or {"max_iters": "iterations", "converged": "converged",
-                                            "stalled": "stalled"}.get(result.status, result.status)
-                solved = why in ("target", "target_loss") or (target is not None and self._best_acc >= target)
-                final.update(status="solved" if solved else "budget", stop_reason=why)
+                why = reason.get("why") or reason_of_status(result.status)
+                final.update(status="solved" if rules.solved(why, self._best_acc) else "budget", stop_reason=why)
         except _Stop:
             final.update(status="budget", stop_reason="stopped")
         except Exception as e:  # noqa: BLE001 - any error of a trial is recorded, the study goes on
