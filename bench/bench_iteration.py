@@ -47,13 +47,13 @@ def bench_method(problem, method: str, options: dict, iters: int, device) -> dic
     w_grad = problem.init(1)
     for _ in range(5):  # warm-up: probes, allocator, caches
         autograd_gradient(problem, w_grad)
-    state, _ = runner.step(objective, state)
+    state = runner.advance(objective, state).state
     accepted, rejected, base, phases = [], [], [], {"t_pairs": [], "t_model": [], "t_search": [], "t_grad": []}
     for _ in range(iters):
         base.append(time_call(lambda: autograd_gradient(problem, w_grad), device))
         holder = {}
-        dt = time_call(lambda: holder.update(out=runner.step(objective, state)), device)  # noqa: B023 - called at once
-        state, fields = holder["out"]
+        dt = time_call(lambda: holder.update(out=runner.advance(objective, state)), device)  # noqa: B023 - called at once
+        state, fields, _ = holder["out"]
         (accepted if fields["accepted"] else rejected).append(dt)
         for k in phases:
             phases[k].append(fields[k])

@@ -7,10 +7,15 @@ each iteration and serve both the sampled methods and their limited-memory class
 
 Every model reports ``pairs_kept`` and whether it fell back to the identity because no pair survived its
 filter (the reference code crashed there; we take a gradient step / B = I and record it).
+
+Models hold no iteration state: a dense model's matrix lives in its *memo* (``{"H" or "B": tensor | None,
+"n_pairs": int}``), a value the method keeps in its state and passes back at every call; ``observe`` returns a
+new memo. The limited-memory models remember nothing (their memo is ``{}``): their pairs live in the source.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,6 +25,44 @@ from ..linalg.sr1 import CompactSR1, sr1_filter, sr1_gamma, sr1_update
 from ..linalg.trust_region import ReducedModel, reduce_compact, reduce_dense
 
 B0_CHOICES = ("zero", "gamma")
+
+
+@runtime_checkable
+class DirectionModel(Protocol):
+    """A line-search method's model: a search direction p = −H g from the pairs (and its memo)."""
+
+    def init_memo(self) -> dict: ...
+
+    def direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor,
+                  memo: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """(p, stats) with stats ``pairs_kept`` and ``identity_fallback``."""
+        ...
+
+    def observe(self, memo: dict, s: torch.Tensor, y: torch.Tensor) -> dict: ...
+
+
+@runtime_checkable
+class QuadraticModel(Protocol):
+    """A trust-region method's model m(p) = gᵀp + ½ pᵀBp, reduced to the subspace the subproblem solves in."""
+
+    def init_memo(self) -> dict: ...
+
+    def reduce(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor,
+               memo: dict | None = None) -> tuple[ReducedModel, dict]:
+        """(reduced model, stats) with stats ``pairs_kept`` and ``identity_fallback``."""
+        ...
+
+    def observe(self, memo: dict, s: torch.Tensor, y: torch.Tensor) -> dict: ...
+
+
+class _Memoryless:
+    """Limited-memory models: the pair window lives in the pair source, nothing is kept here."""
+
+    def init_memo(self) -> dict:
+        return {}
+
+    def observe(self, memo: dict, s, y) -> dict:
+        return memo
 
 
 def angle_filter(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) -> np.ndarray:
@@ -38,12 +81,12 @@ def lbfgs_selection(SY: np.ndarray, SS: np.ndarray, YY: np.ndarray, eps: float) 
 
 
 @dataclass
-class LBFGSInverse:
+class LBFGSInverse(_Memoryless):
     """p = −H g, H the L-BFGS inverse from the kept pairs, H0 = γI with γ from the last kept pair."""
 
     eps: float = 1e-8
 
-    def direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor):
+    def direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, memo: dict | None = None):
         k = S.shape[1]
         if k:
             SY, SS, YY, Sg, Yg = gram_blocks(S, Y, g)
@@ -56,12 +99,6 @@ class LBFGSInverse:
         Hg = compact_inverse_from_gram(g, Z, SY, YY, Sg, Yg, gamma)
         return -Hg, {"pairs_kept": int(keep.size), "identity_fallback": False}
 
-    def observe(self, s, y) -> None:
-        """Limited-memory: the pair window lives in the pair source."""
-
-    def reset(self) -> None:
-        """Nothing is stored between iterations."""
-
 
 @dataclass
 class DenseBFGSInverse:
@@ -69,35 +106,35 @@ class DenseBFGSInverse:
     (N&W eq. 6.20); pairs failing the angle test are skipped."""
 
     eps: float = 1e-8
-    H: torch.Tensor | None = field(default=None, init=False)
-    n_pairs: int = field(default=0, init=False)
 
-    def direction(self, g: torch.Tensor, S, Y):
-        if self.H is None:
+    def init_memo(self) -> dict:
+        return {"H": None, "n_pairs": 0}
+
+    def direction(self, g: torch.Tensor, S, Y, memo: dict | None = None):
+        H = memo["H"] if memo is not None else None
+        if H is None:
             return -g, {"pairs_kept": 0, "identity_fallback": True}
-        return -(self.H @ g), {"pairs_kept": self.n_pairs, "identity_fallback": False}
+        return -(H @ g), {"pairs_kept": memo["n_pairs"], "identity_fallback": False}
 
-    def observe(self, s: torch.Tensor, y: torch.Tensor) -> None:
+    def observe(self, memo: dict, s: torch.Tensor, y: torch.Tensor) -> dict:
         sy, ss, yy = float(s @ y), float(s @ s), float(y @ y)
         if not sy > self.eps * np.sqrt(ss * yy):
-            return
-        if self.H is None:
-            self.H = (sy / yy) * torch.eye(s.numel(), dtype=s.dtype, device=s.device)
-        self.H = bfgs_inverse_update(self.H, s, y)
-        self.n_pairs += 1
-
-    def reset(self) -> None:
-        self.H, self.n_pairs = None, 0
+            return memo
+        H = memo["H"]
+        if H is None:
+            H = (sy / yy) * torch.eye(s.numel(), dtype=s.dtype, device=s.device)
+        return {"H": bfgs_inverse_update(H, s, y), "n_pairs": memo["n_pairs"] + 1}
 
 
 @dataclass
-class CompactLSR1:
+class CompactLSR1(_Memoryless):
     """B = B0 + compact SR1 of the pairs kept by the sequential filter; B0 = 0 (reference) or γI."""
 
     eps: float = 1e-8
     b0: str = "zero"
 
-    def reduce(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor) -> tuple[ReducedModel, dict]:
+    def reduce(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor,
+               memo: dict | None = None) -> tuple[ReducedModel, dict]:
         k = S.shape[1]
         gamma, keep = (1.0 if self.b0 == "gamma" else 0.0), []
         if k:
@@ -117,31 +154,22 @@ class CompactLSR1:
         model = CompactSR1.from_pairs(S, Y, gamma, SY, SS, factors=selection)
         return reduce_compact(g, model), {"pairs_kept": len(keep), "identity_fallback": False, "b0_gamma": gamma}
 
-    def observe(self, s, y) -> None:
-        """Limited-memory: the pair window lives in the pair source."""
-
-    def reset(self) -> None:
-        """Nothing is stored between iterations."""
-
 
 @dataclass
 class DenseSR1:
     """Classical SR1: dense B from B0 = I, rank-one updates with the SR1 safeguard."""
 
     eps: float = 1e-8
-    B: torch.Tensor | None = field(default=None, init=False)
-    n_pairs: int = field(default=0, init=False)
 
-    def reduce(self, g: torch.Tensor, S, Y) -> tuple[ReducedModel, dict]:
-        if self.B is None:
-            self.B = torch.eye(g.numel(), dtype=g.dtype, device=g.device)
-        return reduce_dense(g, self.B), {"pairs_kept": self.n_pairs, "identity_fallback": self.n_pairs == 0}
+    def init_memo(self) -> dict:
+        return {"B": None, "n_pairs": 0}
 
-    def observe(self, s: torch.Tensor, y: torch.Tensor) -> None:
-        if self.B is None:
-            self.B = torch.eye(s.numel(), dtype=s.dtype, device=s.device)
-        self.B, kept = sr1_update(self.B, s, y, self.eps)
-        self.n_pairs += int(kept)
+    def reduce(self, g: torch.Tensor, S, Y, memo: dict | None = None) -> tuple[ReducedModel, dict]:
+        memo = memo if memo is not None else self.init_memo()
+        B = memo["B"] if memo["B"] is not None else torch.eye(g.numel(), dtype=g.dtype, device=g.device)
+        return reduce_dense(g, B), {"pairs_kept": memo["n_pairs"], "identity_fallback": memo["n_pairs"] == 0}
 
-    def reset(self) -> None:
-        self.B, self.n_pairs = None, 0
+    def observe(self, memo: dict, s: torch.Tensor, y: torch.Tensor) -> dict:
+        B = memo["B"] if memo["B"] is not None else torch.eye(s.numel(), dtype=s.dtype, device=s.device)
+        B, kept = sr1_update(B, s, y, self.eps)
+        return {"B": B, "n_pairs": memo["n_pairs"] + int(kept)}

@@ -1,6 +1,11 @@
 """Globalization: Armijo backtracking (line-search family) and the trust-region ratio test.
 
 Pure functions; the only side effects are the counted loss evaluations of the objective.
+
+A globalization hands back the trial point it evaluated (:class:`TrialPoint`); the method completes an
+accepted one with :func:`accept_trial`, which evaluates the gradient at that very tensor. Oracles that keep
+the forward pass of their last point (the MLP oracle, the Ray oracle's workers) recognise it and skip the
+forward pass; rebuilding the point (``w + α p`` once more) would silently pay it again.
 """
 from __future__ import annotations
 
@@ -13,11 +18,35 @@ from ..objective import Objective
 
 
 @dataclass(frozen=True)
+class TrialPoint:
+    """A point whose loss the globalization has computed (``f`` as a float), to be accepted or rejected."""
+
+    w: torch.Tensor
+    f: float
+
+
+def evaluate_trial(objective: Objective, w: torch.Tensor) -> TrialPoint:
+    """F at a trial point (one counted loss evaluation)."""
+    return TrialPoint(w, float(objective.value(w)))
+
+
+def accept_trial(objective: Objective, trial: TrialPoint) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, ∇F) at an accepted trial point: one counted loss-and-gradient evaluation at the evaluated tensor
+    itself, so an oracle that caches its last forward pass reuses it."""
+    return objective.value_and_grad(trial.w)
+
+
+@dataclass(frozen=True)
 class LineSearchResult:
     step_size: float | None  # None: no step satisfied the condition above ``min_step``
     loss: float
     evaluations: int
-    point: torch.Tensor | None = None  # w + αp as evaluated (the caller reuses it: oracles cache by point)
+    trial: TrialPoint | None = None  # the accepted point w + αp as evaluated (complete it with accept_trial)
+
+    @property
+    def point(self) -> torch.Tensor | None:
+        """The accepted point (kept for callers of the earlier field)."""
+        return self.trial.w if self.trial is not None else None
 
 
 def armijo_backtracking(objective: Objective, w: torch.Tensor, f: float, slope: float, p: torch.Tensor,
@@ -29,11 +58,10 @@ def armijo_backtracking(objective: Objective, w: torch.Tensor, f: float, slope: 
     """
     alpha, evaluations = float(initial_step), 0
     while alpha >= min_step:
-        trial = w + alpha * p
-        f_new = float(objective.value(trial))
+        trial = evaluate_trial(objective, w + alpha * p)
         evaluations += 1
-        if math.isfinite(f_new) and f_new <= f + c1 * alpha * slope:
-            return LineSearchResult(alpha, f_new, evaluations, trial)
+        if math.isfinite(trial.f) and trial.f <= f + c1 * alpha * slope:
+            return LineSearchResult(alpha, trial.f, evaluations, trial)
         alpha *= 0.5
     return LineSearchResult(None, f, evaluations)
 

@@ -257,6 +257,25 @@ class SubsampledOracle:
         self.batches_drawn = 0
         self.samples_seen = 0
 
+    def state_dict(self) -> dict:
+        """Where the batch stream stands, as plain tensors and numbers (``minimize`` saves it with a run's state,
+        so that a continued run draws the batches the unsplit run would have)."""
+        return {"generator": self._gen.get_state(), "permutation": self._perm, "next": self._next,
+                "anchor": self._anchor, "batch": self.batch_indices, "batches_drawn": self.batches_drawn,
+                "samples_seen": self.samples_seen}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Put the batch stream where :meth:`state_dict` found it (the current batch's oracle rebuilt)."""
+        self._gen.set_state(saved["generator"])
+        self._perm, self._next, self._anchor = saved["permutation"], int(saved["next"]), saved["anchor"]
+        self._batch = self._curv = None
+        if saved["batch"] is not None:
+            idx = saved["batch"]
+            oracle = self.make(idx)
+            c = self.curvature_batch_size
+            self._batch, self._curv = (idx, oracle), oracle if c == self.batch_size else self.make(idx[:c])
+        self.batches_drawn, self.samples_seen = int(saved["batches_drawn"]), int(saved["samples_seen"])
+
     @property
     def batch_indices(self) -> torch.Tensor | None:
         """The rows of the current mini-batch B (None before the first evaluation)."""

@@ -152,10 +152,12 @@ def test_module_objective_and_torch_optim_adapter_agree_with_minimize():
         opt = SQNOptimizer(net.parameters(), method="s-lsr1", memory=4, seed=2, hvp_backend=backend)
         for _ in range(10):
             opt.step(lambda: loss_fn(net(X), y))
-        np.testing.assert_allclose([r["loss"] for r in opt.history], reference.history.loss, rtol=1e-10)
+        np.testing.assert_allclose(opt.history.loss, reference.history.loss, rtol=1e-10)
+        assert list(opt.history.columns) == list(reference.history.columns)
+        assert [r["loss"] for r in opt.records] == opt.history.loss.tolist()
         w_net = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
         torch.testing.assert_close(w_net, reference.x)
-        assert opt.history[-1]["n_hvp"] == reference.history.n_hvp.iloc[-1]
+        assert opt.history.n_hvp.iloc[-1] == reference.history.n_hvp.iloc[-1]
     with pytest.raises(ValueError, match="hvp_backend='fast' is not one of"):
         SQNOptimizer(net.parameters(), method="s-lsr1", hvp_backend="fast")
 

@@ -121,18 +121,20 @@ def test_the_spectral_matrix_is_the_methods_own_model(kind):
     if kind in ("s-lbfgs", "lbfgs", "bfgs"):
         if kind == "bfgs":  # the dense method sees the pairs one at a time, in order
             model = DenseBFGSInverse(eps=eps)
+            memo = model.init_memo()
             for i in range(S.shape[1]):
-                model.observe(S[:, i], Y[:, i])
-            p, _ = model.direction(g, None, None)
+                memo = model.observe(memo, S[:, i], Y[:, i])
+            p, _ = model.direction(g, None, None, memo)
         else:
             p, _ = LBFGSInverse(eps=eps).direction(g, S, Y)
         torch.testing.assert_close(p, -torch.linalg.solve(B, g), rtol=1e-9, atol=1e-12)
         return
     if kind == "sr1":
         model = DenseSR1(eps=eps)
+        memo = model.init_memo()
         for i in range(S.shape[1]):
-            model.observe(S[:, i], Y[:, i])
-        reduced, _ = model.reduce(g, None, None)
+            memo = model.observe(memo, S[:, i], Y[:, i])
+        reduced, _ = model.reduce(g, None, None, memo)
     else:
         reduced, _ = CompactLSR1(eps=eps, b0=sqn_ray.method_options(kind)["b0"]).reduce(g, S, Y)
     gen = torch.Generator().manual_seed(1)

@@ -213,12 +213,7 @@ def test_minimize_and_the_optimizer_count_alike_whatever_the_backend():
         opt = sqn_ray.SQNOptimizer(net.parameters(), method="s-lsr1", memory=3, seed=1, hvp_backend=b)
         for _ in range(4):
             opt.step(_bce(net))
-        histories[b] = [(float(r["loss"]), int(r["n_hvp"])) for r in _records(opt.history)]
+        histories[b] = [(float(r["loss"]), int(r["n_hvp"])) for r in opt.history.to_dict("records")]
     assert histories["batched"] == histories["loop"] and histories["loop"][-1][1] > 0
 
 
-def _records(history):
-    """Rows of an optimizer's history, a list of dicts or a DataFrame."""
-    if hasattr(history, "to_dict"):
-        return history.to_dict("records")
-    return list(history)

@@ -59,18 +59,11 @@ def test_step_defaults_are_what_a_step_records_without_measuring():
     assert got["accepted"] is False and got["rho"] == 0.5 and list(got) == list(d)
 
 
-def test_the_methods_step_defaults_match_the_schema():
-    """While the methods keep their own helper, it must agree with the schema's (same keys, order, values)."""
-    from sqn_ray.optim import methods
+def test_the_methods_and_the_anchors_record_the_schemas_step_defaults():
+    """The methods have no field list of their own: their step defaults are the schema's."""
+    from sqn_ray.optim import external, methods
 
-    helper = getattr(methods, "_nan_fields", None)
-    if helper is None:
-        pytest.skip("the methods use sqn_ray.records.step_defaults directly")
-    ours, theirs = step_defaults(), helper()
-    assert list(ours) == list(theirs)
-    for k in ours:
-        assert (math.isnan(ours[k]) and math.isnan(theirs[k])) if isinstance(ours[k], float) and math.isnan(ours[k]) \
-            else (ours[k] == theirs[k] and type(ours[k]) is type(theirs[k])), k
+    assert methods._nan_fields is step_defaults and external._nan_fields is step_defaults
 
 
 def test_bad_fields_are_refused():

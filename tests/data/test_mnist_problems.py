@@ -155,6 +155,20 @@ def test_optimizers_run_on_the_subsampled_problem(fake_cache, method):
     assert p.oracle.batches_drawn >= 2
 
 
+@pytest.mark.parametrize("method", ["s-lsr1", "lbfgs"])
+def test_a_subsampled_run_continued_from_its_state_draws_the_same_batches(fake_cache, method):
+    """The batch stream is part of a saved run: continuing it gives the unsplit run (same batches, same iterates)."""
+    p = M.make_mnist_problem("mnist-mlp-b10", data_dir=fake_cache)
+    whole = sqn_ray.minimize(p.oracle, p.init(0), method, max_iters=9, memory=3)
+    first = sqn_ray.minimize(p.oracle, p.init(0), method, max_iters=4, memory=3)
+    fresh = M.make_mnist_problem("mnist-mlp-b10", data_dir=fake_cache)  # as in a new process
+    fresh.init(0)
+    rest = sqn_ray.minimize(fresh.oracle, None, max_iters=9, state=first.state)
+    assert torch.equal(rest.x, whole.x)
+    assert rest.history.loss.tolist() == whole.history.loss.tolist()[5:]
+    assert fresh.oracle.batches_drawn == whole.state["oracle"]["batches_drawn"] > first.state["oracle"]["batches_drawn"]
+
+
 def test_batch_size_validation(fake_cache):
     with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 40\], got 41"):
         M.make_mnist_problem("mnist-mlp", batch_size=41, data_dir=fake_cache)
