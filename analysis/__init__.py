@@ -3,8 +3,8 @@
     sqn-ray report results/paper-toy              # -> results/paper-toy/report/report.html (+ PNG/SVG, CSV)
     sqn-ray eigen --out results/paper-toy/eigen.parquet   # figure 5's data (eigen-spectra along S-LSR1)
 
-    >>> from analysis import load_study, figures, tables
-    >>> study = load_study("results/paper-toy")
+    >>> from analysis import load_results, figures, tables
+    >>> study = load_results("results/paper-toy")
     >>> tables.summary_table(study)
     >>> figures.convergence(study).savefig("convergence.png")
 
@@ -12,7 +12,7 @@ Modules: :mod:`~analysis.load` (Parquet in), :mod:`~analysis.tables`, :mod:`~ana
 figure), :mod:`~analysis.findings`, :mod:`~analysis.report`, :mod:`~analysis.eigen`, :mod:`~analysis.cli`.
 ``python -m analysis report DIR`` works without the package's CLI.
 """
-__all__ = ["Study", "load_study"]
+__all__ = ["StudyResults", "load_results", "Study", "load_study"]  # the last two: the earlier names
 
 
 def __getattr__(name):  # lazy: `sqn-ray --help` imports analysis.cli and should not pay for pandas

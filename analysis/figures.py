@@ -28,7 +28,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import tables as T
-from .load import ANCHORS, LN2, SAMPLED, Study
+from .load import ANCHORS, LN2, SAMPLED, StudyResults
 
 __all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "FIGURES",
            "palette", "resample", "save", "to_png"]
@@ -80,7 +80,7 @@ def palette(configs: list[str]) -> dict[str, tuple]:
     return out
 
 
-def _select_configs(study: Study, limit: int | None = None) -> tuple[list[str], str]:
+def _select_configs(study: StudyResults, limit: int | None = None) -> tuple[list[str], str]:
     """All configs, or, when there are more than ``limit`` (a sensitivity grid), the best config of each
     method: most seeds at the target, then fewest gradient-equivalents to it, then lowest final loss."""
     configs = study.configs
@@ -97,7 +97,7 @@ def _select_configs(study: Study, limit: int | None = None) -> tuple[list[str], 
                     "the tables)")
 
 
-def _focus(study: Study) -> tuple[Study, list[str], str]:
+def _focus(study: StudyResults) -> tuple[StudyResults, list[str], str]:
     """The study restricted to :func:`_select_configs` (a view), its configs and the note saying so."""
     configs, note = _select_configs(study)
     if not note:
@@ -213,7 +213,7 @@ def save(fig: Figure, path_stem, formats=("png", "svg")) -> list:
 
 
 # ------------------------------------------------------------------------------------- 1 convergence
-def convergence(study: Study) -> Figure:
+def convergence(study: StudyResults) -> Figure:
     """Figure 1: training loss and accuracy against iterations, gradient-equivalents and wall time, every
     config, one pair of rows per network; median across seeds and interquartile band."""
     title = "1. Convergence: median across seeds, band = 25–75 %"
@@ -248,7 +248,7 @@ def convergence(study: Study) -> Figure:
 
 
 # -------------------------------------------------------------------------------------- 2 robustness
-def robustness(study: Study) -> Figure:
+def robustness(study: StudyResults) -> Figure:
     """Figure 2: data profiles (fraction of seeds that reached the target accuracy within a budget of
     iterations or gradient-equivalents) and the iterations to target of each solved run."""
     title = "2. Robustness: fraction of seeds reaching the target accuracy, and iterations to target"
@@ -310,7 +310,7 @@ def robustness(study: Study) -> Figure:
 
 
 # ------------------------------------------------------------------------------------- 3 sensitivity
-def sensitivity(study: Study) -> Figure:
+def sensitivity(study: StudyResults) -> Figure:
     """Figure 3: heatmaps over memory m × radius r of the median (over seeds) iterations and
     gradient-equivalents to target, faceted by Option I/II and sampled method; unsolved runs count as ∞
     (a cell shows '∞' when at least half its seeds failed). Under Option II the columns (r) are identical."""
@@ -374,7 +374,7 @@ def sensitivity(study: Study) -> Figure:
 
 
 # -------------------------------------------------------------------------------------------- 4 cost
-def cost(study: Study) -> Figure:
+def cost(study: StudyResults) -> Figure:
     """Figure 4: per-iteration cost of each config (median over seeds of the per-trial mean): wall time split
     into gradient, pair sampling, linear algebra and line search / TR trial; gradient-equivalents split by
     kind of oracle call, with the poster's theoretical cost / nd (◆) at the problem's n, d, m and the
@@ -452,7 +452,7 @@ def eigen_spectra(study_or_eigen) -> Figure:
     of an S-LSR1 trajectory: the true Hessian against the SR1 family (top) and the BFGS family (bottom).
     Sampled approximations from pairs sampled at the point, path ones from the trajectory's preceding steps."""
     title = "5. Eigenvalue spectra along an S-LSR1 trajectory: true Hessian vs quasi-Newton approximations"
-    eig = study_or_eigen.eigen if isinstance(study_or_eigen, Study) else study_or_eigen
+    eig = study_or_eigen.eigen if isinstance(study_or_eigen, StudyResults) else study_or_eigen
     if eig is None or len(eig) == 0:
         return _no_data(title,
                         "no eigen.parquet beside the study (make it with `sqn-ray eigen --out DIR/eigen.parquet`)")
@@ -494,7 +494,7 @@ def eigen_spectra(study_or_eigen) -> Figure:
 
 
 # ----------------------------------------------------------------------------------------- 6 anchors
-def anchors(study: Study) -> Figure:
+def anchors(study: StudyResults) -> Figure:
     """Figure 6: our LBFGS and BFGS beside the external anchors (torch.optim.LBFGS, scipy L-BFGS-B, scipy BFGS)
     on the same seeds: loss against iterations and gradient-equivalents, accuracy against iterations."""
     title = "6. External anchors: our LBFGS / BFGS beside torch.optim.LBFGS and scipy"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables as T
-from .load import CLASSICAL, FIRST_ORDER, LN2, Study
+from .load import CLASSICAL, FIRST_ORDER, LN2, StudyResults
 
 __all__ = ["Finding", "findings"]
 
@@ -39,21 +39,21 @@ def _frac(k: int, n: int) -> str:
     return f"{k}/{n} ({100.0 * k / n:.0f} %)" if n else "0/0"
 
 
-def _overview(study: Study) -> list[Finding]:
+def _overview(study: StudyResults) -> list[Finding]:
     t = study.trials
     counts = t["status"].value_counts()
     parts = ", ".join(f"{counts[s]} {s}" for s in ("solved", "budget", "diverged", "failed", "running", "unknown")
                       if s in counts)
     text = (f"{len(t)} trials ({parts}) of {len(study.configs)} configurations on "
             f"{', '.join(study.problems)}; {t['seed'].nunique()} seed(s) per configuration")
-    out = [Finding("Study", text + ".")]
+    out = [Finding("StudyResults", text + ".")]
     if study.running:
         out.append(Finding("Partial", f"{study.running} trial(s) have no final status yet (the study is running or "
                                       "was interrupted); every figure shows the rows written so far."))
     return out
 
 
-def _per_problem(study: Study) -> list[Finding]:
+def _per_problem(study: StudyResults) -> list[Finding]:
     out = []
     summary = T.summary_table(study)
     for problem, s in summary.groupby("problem", sort=False):
@@ -87,7 +87,7 @@ def _per_problem(study: Study) -> list[Finding]:
     return out
 
 
-def _claims(study: Study) -> list[Finding]:
+def _claims(study: StudyResults) -> list[Finding]:
     out = []
     t = study.trials
     for problem in study.problems:
@@ -125,7 +125,7 @@ def _claims(study: Study) -> list[Finding]:
     return out
 
 
-def _plateau(study: Study) -> list[Finding]:
+def _plateau(study: StudyResults) -> list[Finding]:
     pt = T.plateau_table(study)
     hits = pt[pt["plateau"] > 0]
     if pt.empty:
@@ -140,7 +140,7 @@ def _plateau(study: Study) -> list[Finding]:
                                       f"target not reached): {', '.join(parts)}.")]
 
 
-def _invariance(study: Study) -> list[Finding]:
+def _invariance(study: StudyResults) -> list[Finding]:
     inv = T.radius_invariance(study)
     if inv.empty:
         return []
@@ -166,7 +166,7 @@ def _invariance(study: Study) -> list[Finding]:
     return out
 
 
-def _cost(study: Study) -> list[Finding]:
+def _cost(study: StudyResults) -> list[Finding]:
     ct = T.cost_table(study)
     th = T.theory_table(study)
     out = []
@@ -191,7 +191,7 @@ def _cost(study: Study) -> list[Finding]:
     return out
 
 
-def _anchors(study: Study) -> list[Finding]:
+def _anchors(study: StudyResults) -> list[Finding]:
     ap = T.anchor_pairs(study)
     out = []
     for _, r in ap.iterrows():
@@ -204,7 +204,7 @@ def _anchors(study: Study) -> list[Finding]:
     return out
 
 
-def _eigen(study: Study) -> list[Finding]:
+def _eigen(study: StudyResults) -> list[Finding]:
     et = T.eigen_table(study.eigen)
     if et.empty:
         return []
@@ -239,7 +239,7 @@ def _eigen(study: Study) -> list[Finding]:
     return out
 
 
-def findings(study: Study) -> list[Finding]:
+def findings(study: StudyResults) -> list[Finding]:
     """Every finding the data supports, in report order."""
     out = []
     for part in (_overview, _per_problem, _claims, _plateau, _invariance, _cost, _anchors, _eigen):

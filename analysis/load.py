@@ -2,8 +2,8 @@
 (the study platform's contract, see :mod:`sqn_ray.study.results`) and, when present, ``DIR/eigen.parquet``
 (written by ``sqn-ray eigen``, see :mod:`analysis.eigen`).
 
-    >>> from analysis.load import load_study
-    >>> study = load_study("results/paper-toy")
+    >>> from analysis.load import load_results
+    >>> study = load_results("results/paper-toy")
     >>> study.trials.groupby(["problem", "config"]).solved.mean()
 
 Partial studies load too: a study that is still running (trials with status ``running``), one whose
@@ -28,7 +28,7 @@ from sqn_ray.optim.registry import METHODS, method_family, methods_of
 from sqn_ray.records import RECORD_FIELDS
 from sqn_ray.study.results import ACCURACY, record_arrow_schema
 
-__all__ = ["Study", "load_study", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
+__all__ = ["StudyResults", "load_results", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
            "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE", "TRIALS_FILE",
            "EIGEN_FILE"]
 
@@ -75,7 +75,7 @@ def _method_rank(method: str) -> tuple:
 
 def problem_size(name: str) -> dict[str, Any]:
     """``{"n", "d", "target"}`` of a named problem built from the problem library (kept for notebooks; the
-    analysis reads a study's own record instead: :meth:`Study.problem_size`). See
+    analysis reads a study's own record instead: :meth:`StudyResults.problem_size`). See
     :func:`analysis.eigen.library_problem_size`."""
     from .eigen import library_problem_size
 
@@ -126,7 +126,7 @@ def _is_missing(v) -> bool:
 
 
 @dataclass
-class Study:
+class StudyResults:
     """A study's results. ``iterations``: one row per trial × iteration; ``trials``: one row per trial; both
     carry ``config`` (method + distinguishing options), ``family`` and the option columns. ``eigen``: the
     figure-5 data, or None. ``metadata``: the Parquet metadata (study spec, versions, git revision)."""
@@ -193,11 +193,11 @@ class Study:
     def running(self) -> int:
         return int((self.trials["status"] == "running").sum())
 
-    def of(self, values, column: str = "method") -> "Study":
+    def of(self, values, column: str = "method") -> "StudyResults":
         """The same study restricted to some methods (or values of another ``column``, e.g. ``config``): a
         view for figures that compare a subset."""
         values = [values] if isinstance(values, str) else list(values)
-        return Study(self.path, self.iterations[self.iterations[column].isin(values)],
+        return StudyResults(self.path, self.iterations[self.iterations[column].isin(values)],
                      self.trials[self.trials[column].isin(values)], self.eigen, self.metadata, self.options,
                      self.sources)
 
@@ -262,7 +262,7 @@ def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
     return trials
 
 
-def load_study(path: str | Path, *, eigen: str | Path | None = None) -> Study:
+def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyResults:
     """Read a study folder (see the module docstring). Raises ValueError, with the reason, when ``path`` is
     not a folder or holds neither ``iterations.parquet`` nor ``trials.parquet``."""
     path = Path(path)
@@ -322,5 +322,11 @@ def load_study(path: str | Path, *, eigen: str | Path | None = None) -> Study:
         eigen_df = load_eigen(eigen_path)
         sources[EIGEN_FILE] = str(eigen_path)
         metadata.setdefault("sqn_ray.eigen", read_metadata(eigen_path).get("sqn_ray.eigen"))
-    return Study(path=path, iterations=iterations, trials=trials, eigen=eigen_df, metadata=metadata,
+    return StudyResults(path=path, iterations=iterations, trials=trials, eigen=eigen_df, metadata=metadata,
                  options=options, sources=sources)
+
+
+
+# the earlier names, kept for notebooks and scripts (sqn_ray.study.spec has a StudySpec / load_study_spec)
+Study = StudyResults
+load_study = load_results

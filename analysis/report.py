@@ -1,6 +1,6 @@
 """``sqn-ray report DIR``: a self-contained HTML report of a study, from its Parquet only.
 
-:func:`build_report` loads ``DIR`` (:func:`analysis.load.load_study`), draws the six figures
+:func:`build_report` loads ``DIR`` (:func:`analysis.load.load_results`), draws the six figures
 (:mod:`analysis.figures`), computes the tables (:mod:`analysis.tables`) and the findings
 (:mod:`analysis.findings`), and writes into ``OUT`` (default ``DIR/report``):
 
@@ -28,7 +28,7 @@ import pandas as pd
 from . import figures as F
 from . import tables as T
 from .findings import findings as compute_findings
-from .load import Study, load_study
+from .load import StudyResults, load_results
 
 __all__ = ["build_report", "Report", "render_table", "CAPTIONS"]
 
@@ -93,7 +93,7 @@ class Report:
 
     path: Path
     out_dir: Path
-    study: Study
+    study: StudyResults
     figures: dict[str, list[Path]] = field(default_factory=dict)
     no_data: dict[str, str] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -132,7 +132,7 @@ def render_table(df: pd.DataFrame, caption: str | None = None, max_rows: int = 4
     return f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
 
 
-def _figure_tables(study: Study) -> dict[str, list[tuple[str, callable]]]:
+def _figure_tables(study: StudyResults) -> dict[str, list[tuple[str, callable]]]:
     robust_cols = ["problem", "config", "trials", "solved", "solved %", "median iterations to target",
                    "median grad-eq to target", "median wall s to target"]
     return {
@@ -169,7 +169,7 @@ TABLE_TITLES = {
 }
 
 
-def _meta_html(study: Study) -> str:
+def _meta_html(study: StudyResults) -> str:
     md = study.metadata
     spec = md.get("sqn_ray.study") if isinstance(md.get("sqn_ray.study"), dict) else {}
     versions = md.get("sqn_ray.versions") if isinstance(md.get("sqn_ray.versions"), dict) else {}
@@ -185,7 +185,7 @@ def _meta_html(study: Study) -> str:
 
 def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"), dpi: int = 110) -> Report:
     """Write the report of the study in ``study_dir`` (see the module docstring); returns a :class:`Report`."""
-    study = load_study(study_dir, eigen=eigen)
+    study = load_results(study_dir, eigen=eigen)
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)

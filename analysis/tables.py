@@ -1,4 +1,4 @@
-"""The numbers behind the report: tables computed from a loaded :class:`~analysis.load.Study`.
+"""The numbers behind the report: tables computed from a loaded :class:`~analysis.load.StudyResults`.
 
 Every table is a plain DataFrame with readable column names, used by the figures, the findings, the HTML
 report and the notebooks alike. "Median" is across seeds (trials of one config); a run that never reached
@@ -25,7 +25,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .load import ANCHORS, LN2, SAMPLED, Study, problem_size  # noqa: F401 - problem_size: its old home
+from .load import ANCHORS, LN2, SAMPLED, StudyResults, problem_size  # noqa: F401 - problem_size: its old home
 
 __all__ = ["summary_table", "profile", "sensitivity_table", "radius_invariance", "iteration_costs", "cost_table",
            "theory_table", "anchor_table", "anchor_pairs", "eigen_table", "plateau_table", "POSTER", "PHASES",
@@ -63,7 +63,7 @@ def median_inf(values) -> float:
     return float(np.median(v)) if np.isfinite(np.median(v)) else math.inf
 
 
-def _order(df: pd.DataFrame, study: Study, by=("problem", "config")) -> pd.DataFrame:
+def _order(df: pd.DataFrame, study: StudyResults, by=("problem", "config")) -> pd.DataFrame:
     prob = {p: i for i, p in enumerate(study.problems)}
     conf = {c: i for i, c in enumerate(study.configs)}
     key = df[list(by)].apply(lambda r: (prob.get(r.iloc[0], 99), conf.get(r.iloc[1], 999)), axis=1) if len(df) else []
@@ -76,7 +76,7 @@ def _med(s: pd.Series) -> float:
 
 
 # ------------------------------------------------------------------------------------------- outcomes
-def summary_table(study: Study) -> pd.DataFrame:
+def summary_table(study: StudyResults) -> pd.DataFrame:
     """Per problem × config: trials, outcomes, median final loss / accuracy, iterations and cost to target."""
     rows = []
     for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
@@ -95,7 +95,7 @@ def summary_table(study: Study) -> pd.DataFrame:
     return _order(pd.DataFrame(rows), study) if rows else pd.DataFrame(rows)
 
 
-def plateau_table(study: Study, tol: float = 0.01) -> pd.DataFrame:
+def plateau_table(study: StudyResults, tol: float = 0.01) -> pd.DataFrame:
     """Per problem × config: runs that end on the saddle plateau (final loss within ``tol`` of ln 2, not
     solved): the paper's failure mode of the classical methods."""
     t = study.trials
@@ -105,7 +105,7 @@ def plateau_table(study: Study, tol: float = 0.01) -> pd.DataFrame:
     return _order(df, study) if len(df) else df
 
 
-def profile(study: Study, axis: str = "grad_equivalents") -> pd.DataFrame:
+def profile(study: StudyResults, axis: str = "grad_equivalents") -> pd.DataFrame:
     """Data/performance profile: per problem × config, the fraction of trials that reached the target
     accuracy within each budget. ``axis``: iteration, grad_equivalents or wall_time. One row per step."""
     col = {"iteration": "iters_to_target", "grad_equivalents": "grad_equivalents_to_target",
@@ -122,7 +122,7 @@ def profile(study: Study, axis: str = "grad_equivalents") -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- sensitivity
-def sensitivity_table(study: Study) -> pd.DataFrame:
+def sensitivity_table(study: StudyResults) -> pd.DataFrame:
     """Sampled methods: per problem × method × Option × m × r, median over seeds of iterations and
     gradient-equivalents to target (unsolved = ∞), solved count, median best loss."""
     t = study.trials[study.trials["method"].isin(SAMPLED)]
@@ -144,7 +144,7 @@ def sensitivity_table(study: Study) -> pd.DataFrame:
                           c.map(SAMPLED.index) if c.name == "method" else c).reset_index(drop=True)
 
 
-def radius_invariance(study: Study) -> pd.DataFrame:
+def radius_invariance(study: StudyResults) -> pd.DataFrame:
     """For sampled runs that differ only in r (same problem, method, Option, m, seed): the largest
     difference between their loss trajectories (aligned by iteration) and the spread of their
     iterations to target. Under Option II both must be 0 (Y = ∇²F·S is linear in S)."""
@@ -179,7 +179,7 @@ def radius_invariance(study: Study) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ cost
-def iteration_costs(study: Study) -> pd.DataFrame:
+def iteration_costs(study: StudyResults) -> pd.DataFrame:
     """One row per iteration ≥ 1: its wall time split by phase (seconds) and its gradient-equivalents split
     by kind of oracle call, plus κ (line-search evaluations or CG iterations, ``inner_iters``)."""
     it = study.iterations
@@ -198,7 +198,7 @@ def iteration_costs(study: Study) -> pd.DataFrame:
     return df[df["iteration"] >= 1].dropna(subset=["dt", "dge"]).reset_index(drop=True)
 
 
-def cost_table(study: Study) -> pd.DataFrame:
+def cost_table(study: StudyResults) -> pd.DataFrame:
     """Per problem × config: median over seeds of the per-iteration mean cost, in ms by phase and in
     gradient-equivalents by kind, and the mean κ."""
     per = iteration_costs(study)
@@ -219,7 +219,7 @@ def cost_table(study: Study) -> pd.DataFrame:
     return _order(pd.DataFrame(rows), study)
 
 
-def theory_table(study: Study) -> pd.DataFrame:
+def theory_table(study: StudyResults) -> pd.DataFrame:
     """The poster's cost and storage per iteration at the problem's n, d, the config's m and the measured κ,
     beside the measured gradient-equivalents per iteration (methods of the poster's table only)."""
     measured = cost_table(study)
@@ -265,7 +265,7 @@ def theory_table(study: Study) -> pd.DataFrame:
 ANCHOR_TWINS = {"torch-lbfgs": "lbfgs", "scipy-lbfgsb": "lbfgs", "scipy-bfgs": "bfgs"}
 
 
-def anchor_table(study: Study) -> pd.DataFrame:
+def anchor_table(study: StudyResults) -> pd.DataFrame:
     """Our LBFGS / BFGS beside the external anchors: outcomes and per-iteration cost per problem × config."""
     sub = study.of(["lbfgs", "bfgs", *ANCHORS])
     if not sub.trials["method"].isin(ANCHORS).any():
@@ -286,7 +286,7 @@ def anchor_table(study: Study) -> pd.DataFrame:
     return _order(pd.DataFrame(rows), study)
 
 
-def anchor_pairs(study: Study) -> pd.DataFrame:
+def anchor_pairs(study: StudyResults) -> pd.DataFrame:
     """Each anchor against our twin (torch-lbfgs and scipy-lbfgsb vs lbfgs, scipy-bfgs vs bfgs) on the same
     problem and seed (same initial point): agreement of outcomes and final losses."""
     t = study.trials

@@ -13,9 +13,10 @@
 Importing this package does not import Ray; :mod:`~sqn_ray.study.runner` and
 :mod:`~sqn_ray.study.trainable` do.
 """
-from .spec import Study, StudySpecError, load_study, parse_study
+from .spec import Study, StudySpec, StudySpecError, load_study, load_study_spec, parse_study
 
-__all__ = ["Study", "StudySpecError", "load_study", "parse_study", "run_study"]
+# Study / load_study: the earlier names of StudySpec / load_study_spec
+__all__ = ["StudySpec", "StudySpecError", "load_study_spec", "parse_study", "run_study", "Study", "load_study"]
 
 
 def run_study(*args, **kwargs):

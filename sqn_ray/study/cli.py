@@ -64,7 +64,7 @@ def _describe(study) -> str:
 
 def run_study_command(args) -> int:
     """Execute a parsed ``study`` command; returns the process exit code."""
-    from .spec import StudySpecError, load_study
+    from .spec import StudySpecError, load_study_spec
 
     cmd = args.study_command
     try:
@@ -79,11 +79,11 @@ def run_study_command(args) -> int:
             types = ", ".join(f"{k} {v['resources']}" for k, v in cfg["available_node_types"].items())
             print(f"{args.file}: OK: cluster '{cfg['cluster_name']}' on {cfg['provider']['type']}: {types}")
             return 0
-        study = load_study(args.file, smoke=args.smoke)
+        study = load_study_spec(args.file, smoke=args.smoke)
         if cmd == "validate":
             print(_describe(study))
             if not args.smoke:  # the --smoke version too: a broken smoke: block should not wait for CI to show
-                smoke = load_study(args.file, smoke=True)
+                smoke = load_study_spec(args.file, smoke=True)
                 print(f"  --smoke: {smoke.num_trials} trials")
             return 0
         from .runner import StudyError, run_study

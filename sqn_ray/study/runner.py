@@ -1,4 +1,4 @@
-"""Run a validated :class:`~sqn_ray.study.spec.Study` on Ray Tune and write its Parquet results.
+"""Run a validated :class:`~sqn_ray.study.spec.StudySpec` on Ray Tune and write its Parquet results.
 
 :func:`run_study` is what ``sqn-ray study run`` calls. Without an address it starts an embedded local Ray
 (no dashboard, a small object store, reachable on loopback only and with token auth: see
@@ -34,7 +34,7 @@ from .progress import ProgressTable
 from .results import PARTS, ResultStore, variant_label
 from .outdir import STATE_FILE, StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
 from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
-from .spec import Study
+from .spec import StudySpec
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
 __all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "shutdown_ray", "DEFAULT_OUT_ROOT"]
@@ -112,7 +112,7 @@ def _plain_tune_actors(embedded: bool):
 class StudyCallback(tune.Callback):
     """Driver side: streams trial rows into the :class:`ResultStore`, draws the progress table."""
 
-    def __init__(self, store: ResultStore | None, progress: ProgressTable | None, study: Study | None,
+    def __init__(self, store: ResultStore | None, progress: ProgressTable | None, study: StudySpec | None,
                  filter_known: bool = False):
         self.store, self.progress, self.study = store, progress, study
         # a restored Tune experiment may regenerate trials it had not saved: then only the trials Tune knows
@@ -233,7 +233,7 @@ def worker_death_text(ray_text: str, info: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------- runner
-def _cpu_problems(study: Study) -> dict:
+def _cpu_problems(study: StudySpec) -> dict:
     """The study's problems built once here, shipped to the trial actors through the object store, for
     trials that run on the CPU (a GPU trial builds its problem on its device)."""
     if study.resources["gpu"] > 0 and study.device != "cpu":
@@ -245,7 +245,7 @@ def _cpu_problems(study: Study) -> dict:
     return {name: get_problem(name, dtype=getattr(torch, study.dtype), device="cpu") for name in study.problems}
 
 
-def run_study(study: Study, out_dir: str | Path | None = None, *, address: str | None = None,
+def run_study(study: StudySpec, out_dir: str | Path | None = None, *, address: str | None = None,
               resume: bool = False, progress: bool = True, num_cpus: int | None = None,
               num_gpus: int | None = None, stream: TextIO | None = None) -> StudyOutcome:
     """Run (or, with ``resume``, continue) ``study``, writing ``out_dir/iterations.parquet`` and
@@ -259,7 +259,7 @@ def run_study(study: Study, out_dir: str | Path | None = None, *, address: str |
                        num_gpus=num_gpus, stream=stream)
 
 
-def _run_in(out: Path, study: Study, *, address, resume, progress, num_cpus, num_gpus, stream) -> StudyOutcome:
+def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream) -> StudyOutcome:
     t_begin = time.monotonic()
     say = stream or sys.stderr
     tune_root = out / TUNE_DIR
@@ -371,7 +371,7 @@ def _brief(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _rebuild(out: Path, study: Study, store: ResultStore, callback, why: str | None, say) -> dict[str, dict]:
+def _rebuild(out: Path, study: StudySpec, store: ResultStore, callback, why: str | None, say) -> dict[str, dict]:
     """Forget Tune's state: a new Tuner runs the study again (the same trial ids; finished trials replay from
     their parts, the others run). Says ``why`` in one line; returns the parts it can match ({trial_id: ...})."""
     keep = store.keep_parts(lambda trial_id: trial_id.startswith(trial_id_prefix(study) + "_"))
@@ -385,7 +385,7 @@ def _rebuild(out: Path, study: Study, store: ResultStore, callback, why: str | N
     return keep
 
 
-def _new_tuner(study: Study, trainable, tune_root: Path, callback) -> tune.Tuner:
+def _new_tuner(study: StudySpec, trainable, tune_root: Path, callback) -> tune.Tuner:
     search, scheduler, num_samples = search_setup(study)
     return tune.Tuner(
         trainable,

@@ -23,14 +23,14 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
-from .spec import Distribution, Study
+from .spec import Distribution, StudySpec
 
 __all__ = ["CellSearcher", "StudyTrialGenerator", "OptunaSpace", "search_setup", "trial_id_prefix", "pending_trials"]
 
 PENDING_VAR = "TUNE_MAX_PENDING_TRIALS_PG"
 
 
-def trial_id_prefix(study: Study) -> str:
+def trial_id_prefix(study: StudySpec) -> str:
     """The trial-id prefix of a study: the same for every run of the same definition."""
     return study.fingerprint[:6]
 
@@ -39,7 +39,7 @@ class CellSearcher(Searcher):
     """Grid and random search over a study's cells: ``num_samples`` passes over the grid, each cell's
     ranges drawn afresh in every pass (random search) from ``numpy.random.default_rng(search.seed)``."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: StudySpec):
         super().__init__(metric=study.metric, mode=study.mode)
         self.grid = study.grid
         self.ranges = {m: study.ranges(m) for m in study.methods}
@@ -101,7 +101,7 @@ class StudyTrialGenerator(SearchGenerator):
 class OptunaSpace:
     """Define-by-run Optuna space: method (categorical if several), then only that method's options."""
 
-    def __init__(self, study: Study):
+    def __init__(self, study: StudySpec):
         self.problem = study.problems[0]
         self.methods = {m: dict(axes) for m, axes in study.methods.items()}
         self.seeds = list(study.seeds)
@@ -125,7 +125,7 @@ class OptunaSpace:
 
 
 @contextlib.contextmanager
-def pending_trials(study: Study):
+def pending_trials(study: StudySpec):
     """As many trials queued ahead as Tune queues for its own grid search (it allows a custom searcher one
     pending trial, which leaves actors idle between trials): max(200, 1.1 × the cluster's CPUs), as
     ``TUNE_MAX_PENDING_TRIALS_PG`` would set it. Optuna keeps Tune's default (it learns from each result);
@@ -142,7 +142,7 @@ def pending_trials(study: Study):
         os.environ.pop(PENDING_VAR, None)
 
 
-def search_setup(study: Study):
+def search_setup(study: StudySpec):
     """(search algorithm, scheduler, num_samples) for the study's Tuner (its param_space stays empty)."""
     from ray.tune.schedulers import ASHAScheduler
 

@@ -58,8 +58,8 @@ from sqn_ray.options import OptionError, choice, finite_float, integer, nonneg_f
     positive_int
 
 __all__ = [
-    "StudySpecError", "Distribution", "Study", "CellGrid", "load_study", "parse_study", "read_yaml",
-    "read_yaml_file", "deep_merge", "METRICS", "TIME_ATTRS", "SEARCH_ALGORITHMS",
+    "StudySpecError", "Distribution", "StudySpec", "Study", "CellGrid", "load_study_spec", "load_study",
+    "parse_study", "read_yaml", "read_yaml_file", "deep_merge", "METRICS", "TIME_ATTRS", "SEARCH_ALGORITHMS",
 ]
 
 TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "budget", "stop", "resources",
@@ -253,7 +253,7 @@ class CellGrid:
 
 
 @dataclass(frozen=True)
-class Study:
+class StudySpec:
     """A validated study. ``methods`` maps each method to its option axes: a tuple of grid values or a
     :class:`Distribution` (only with random/optuna search)."""
 
@@ -349,10 +349,15 @@ class Study:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_study(path: str | Path, *, smoke: bool = False) -> Study:
+def load_study_spec(path: str | Path, *, smoke: bool = False) -> StudySpec:
     """Read and validate a study file; ``smoke`` applies its ``smoke:`` overrides (or a default shrink)."""
     data, text = read_yaml_file(path)
     return parse_study(data, source=str(path), smoke=smoke, text=text)
+
+
+# the earlier names, kept for notebooks and scripts (analysis.load has a StudyResults / load_results of its own)
+Study = StudySpec
+load_study = load_study_spec
 
 
 def read_yaml_file(path: str | Path, *, error: type[Exception] = StudySpecError) -> tuple[Any, str]:
@@ -438,7 +443,7 @@ def _expanded_size(root, limit: int) -> int:
     return sizes[id(root)]
 
 
-def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> Study:
+def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> StudySpec:
     """Validate an already loaded study mapping (see the module docstring for the layout)."""
     return _Parser(source).parse(data, smoke=smoke, text=text)
 
@@ -551,7 +556,7 @@ class _Parser:
         return tuple(seen)
 
     # -- the study ---------------------------------------------------------------------------------
-    def parse(self, data, *, smoke: bool, text: str) -> Study:
+    def parse(self, data, *, smoke: bool, text: str) -> StudySpec:
         import sqn_ray
         from sqn_ray.problems import PROBLEMS
 
@@ -647,7 +652,7 @@ class _Parser:
             self.fail("search.num_samples", "a grid runs every cell once; repeat it with more seeds, or use "
                                             "search.algorithm random or optuna")
         defaults = {m: dict(sqn_ray.method_options(m)) for m in methods}
-        study = Study(name=name, description=description, problems=problems, methods=methods, seeds=seeds,
+        study = StudySpec(name=name, description=description, problems=problems, methods=methods, seeds=seeds,
                       budget=budget, stop=stop, resources=resources, metric=metric, mode=mode, search=search,
                       scheduler=scheduler, dtype=dtype, device=device, accuracy_every=accuracy_every,
                       max_failures=max_failures, max_concurrent_trials=max_conc,

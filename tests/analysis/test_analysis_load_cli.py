@@ -8,22 +8,22 @@ import pytest
 
 from analysis import figures as F
 from analysis.cli import add_eigen_command, add_report_command
-from analysis.load import config_label, load_study
+from analysis.load import config_label, load_results
 from analysis.tables import median_inf
 from sqn_ray.cli import main
 
 
 def test_missing_empty_and_unreadable_study_folders_are_value_errors(tmp_path):
     with pytest.raises(ValueError, match="no such study folder"):
-        load_study(tmp_path / "nope")
+        load_results(tmp_path / "nope")
     with pytest.raises(ValueError, match="no iterations.parquet or trials.parquet"):
-        load_study(tmp_path)
+        load_results(tmp_path)
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
-        load_study(tmp_path / "f.txt")
+        load_results(tmp_path / "f.txt")
     (tmp_path / "trials.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="not a readable Parquet file"):
-        load_study(tmp_path)
+        load_results(tmp_path)
 
 
 def test_report_command_on_bad_input_prints_one_line_and_exits_2(tmp_path, capsys):
@@ -61,3 +61,11 @@ def test_a_figure_without_data_says_so():
     fig = F.eigen_spectra(empty)
     assert fig.no_data and "eigen" in fig.no_data
     assert F.to_png(fig).startswith(b"\x89PNG")
+
+
+def test_the_results_names_say_which_study_and_the_earlier_names_still_work():
+    import analysis
+    from analysis import load
+
+    assert load.Study is load.StudyResults and load.load_study is load.load_results
+    assert analysis.load_study is load.load_results and analysis.Study is load.StudyResults

@@ -10,7 +10,7 @@ import pytest
 from analysis import figures as F
 from analysis import tables as T
 from analysis.findings import findings
-from analysis.load import load_study
+from analysis.load import load_results
 from analysis.report import TABLE_TITLES, _fmt
 from sqn_ray.cli import main
 
@@ -74,7 +74,7 @@ def test_numbers_in_the_report_are_those_of_the_parquet(report, study_dir):
 
 
 def test_changing_the_data_changes_the_numbers(study_dir, tmp_path, copy_study):
-    base = load_study(study_dir)
+    base = load_results(study_dir)
     d = copy_study(study_dir, tmp_path / "perturbed")
     it = pd.read_parquet(d / "iterations.parquet")
     tr = pd.read_parquet(d / "trials.parquet")
@@ -88,7 +88,7 @@ def test_changing_the_data_changes_the_numbers(study_dir, tmp_path, copy_study):
     it.to_parquet(d / "iterations.parquet")
     tr.to_parquet(d / "trials.parquet")
     eig.to_parquet(d / "eigen.parquet")
-    new = load_study(d)
+    new = load_results(d)
 
     a, b = T.summary_table(base), T.summary_table(new)
     assert np.allclose(b["median final loss"], 1.5 * a["median final loss"])
@@ -122,14 +122,14 @@ def test_partial_study_without_trials_file_or_eigen_still_reports(study_dir, tmp
     assert page.count("No data for this figure") == 2  # no eigen.parquet, no anchors in the study
     assert "fig5-eigen: no data" in out and "fig6-anchors: no data" in out
     assert page.count('src="data:image/png;base64,') == 6
-    study = load_study(d)
+    study = load_results(d)
     assert set(study.methods) == {"s-lsr1", "lbfgs"} and len(study.trials) == keep.trial_id.nunique()
 
 
 def test_big_grids_show_the_best_config_of_each_method(study_dir):
     from analysis.figures import _select_configs
 
-    study = load_study(study_dir)
+    study = load_results(study_dir)
     assert _select_configs(study) == (study.configs, "")  # 7 configs: all shown
     chosen, note = _select_configs(study, limit=4)
     assert [c.split(" [")[0] for c in chosen] == study.methods and "4 of 7 configs" in note

@@ -44,7 +44,7 @@ def test_checkers_normalise_and_errors_survive_pickling():
 
 
 def test_study_file_errors_carry_the_field_path(tmp_path):
-    from sqn_ray.study.spec import StudySpecError, load_study
+    from sqn_ray.study.spec import StudySpecError, load_study_spec
 
     path = tmp_path / "bad.yaml"
     path.write_text(textwrap.dedent("""
@@ -52,7 +52,7 @@ def test_study_file_errors_carry_the_field_path(tmp_path):
         methods: {s-lsr1: {radius: [1.0, -2.0]}}
     """))
     with pytest.raises(StudySpecError) as err:
-        load_study(path)
+        load_study_spec(path)
     e = err.value
     assert isinstance(e, OptionError) and isinstance(e, ValueError)
     assert (e.option, e.value, e.allowed) == ("methods.s-lsr1.radius", -2.0, "a finite number > 0")
@@ -60,19 +60,19 @@ def test_study_file_errors_carry_the_field_path(tmp_path):
 
     path.write_text("problems: [toy-small]\nmethods: [gd]\nbudget: {iterations: 0}\n")
     with pytest.raises(StudySpecError) as err:
-        load_study(path)
+        load_study_spec(path)
     assert (err.value.option, err.value.value) == ("budget.iterations", 0)
     assert str(err.value) == f"{path}: budget.iterations: must be >= 1, got 0"
 
     path.write_text("problems: [toy-small]\nmethods: [gd]\ndtype: float16\n")
     with pytest.raises(StudySpecError) as err:
-        load_study(path)
+        load_study_spec(path)
     assert (err.value.option, err.value.value, err.value.allowed) == ("dtype", "float16", ("float64", "float32"))
     assert str(err.value) == f"{path}: dtype: unknown value 'float16'; allowed: float64, float32"
 
     path.write_text("problems: [toy-small]\nproblems: [toy-large]\nmethods: [gd]\n")
     with pytest.raises(StudySpecError, match="duplicate key") as err:
-        load_study(path)
+        load_study_spec(path)
     assert err.value.option is None  # about the file, not one field
 
 

@@ -10,7 +10,7 @@ import pytest
 import sqn_ray
 from sqn_ray.study import spec as spec_module
 from sqn_ray.study.spec import (MAX_DESCRIPTION_CHARS, MAX_FILE_BYTES, MAX_SEEDS, MAX_TRIALS, MAX_YAML_NODES,
-                                StudySpecError, load_study, parse_study)
+                                StudySpecError, load_study_spec, parse_study)
 
 
 def write(tmp_path, text, name="s.yaml"):
@@ -21,7 +21,7 @@ def write(tmp_path, text, name="s.yaml"):
 
 def error_of(path, **kw) -> str:
     with pytest.raises(StudySpecError) as e:
-        load_study(path, **kw)
+        load_study_spec(path, **kw)
     return str(e.value)
 
 
@@ -62,7 +62,7 @@ def test_merge_keys_and_plain_aliases_still_work(tmp_path):
           s-lsr1: &opts {memory: 4}
           s-lbfgs: *opts
         """)
-    study = load_study(path)
+    study = load_study_spec(path)
     assert study.methods["s-lsr1"]["memory"] == study.methods["s-lbfgs"]["memory"] == (4,)
 
 
@@ -153,7 +153,7 @@ def test_the_smoke_block_is_validated_by_plain_validate(tmp_path, capsys):
 
 def test_the_default_smoke_of_a_grid_study_runs_each_cell_once(tmp_path):
     path = write(tmp_path, "problems: [toy-small]\nmethods: [gd, adam]\nseeds: 4\n")
-    smoke = load_study(path, smoke=True)
+    smoke = load_study_spec(path, smoke=True)
     assert smoke.num_trials == 2 and smoke.search["num_samples"] == 1 and smoke.budget["iterations"] == 10
 
 
@@ -192,7 +192,7 @@ def test_a_100000_cell_study_validates_without_building_its_grid(monkeypatch):
     calls = []
     real = sqn_ray.validate_options
     monkeypatch.setattr(sqn_ray, "validate_options", lambda *a, **k: calls.append(k) or real(*a, **k))
-    monkeypatch.setattr(spec_module.Study, "cells", lambda self: pytest.fail("the grid was built"))
+    monkeypatch.setattr(spec_module.StudySpec, "cells", lambda self: pytest.fail("the grid was built"))
     radii = [1e-4 * (i + 1) for i in range(1000)]
     study = parse_study({"problems": ["toy-large"],
                          "methods": {"s-lsr1": {"radius": radii, "memory": list(range(1, 51))}},

@@ -8,7 +8,7 @@ import pytest
 
 import sqn_ray
 from sqn_ray.problems import PROBLEMS
-from sqn_ray.study.spec import Distribution, StudySpecError, load_study, parse_study
+from sqn_ray.study.spec import Distribution, StudySpecError, load_study_spec, parse_study
 
 from pathlib import Path
 
@@ -32,25 +32,25 @@ def parse(**over):
 @pytest.mark.parametrize("name", ["paper-toy", "sensitivity", "smoke"])
 @pytest.mark.parametrize("smoke", [False, True])
 def test_shipped_studies_validate(name, smoke):
-    study = load_study(STUDIES / f"{name}.yaml", smoke=smoke)
+    study = load_study_spec(STUDIES / f"{name}.yaml", smoke=smoke)
     assert study.name == name and study.num_trials > 0
     keys = [json.dumps(c, sort_keys=True) for c in study.cells()]
     assert len(keys) == len(set(keys)), "duplicate grid cells"
 
 
 def test_paper_toy_is_the_papers_comparison():
-    study = load_study(STUDIES / "paper-toy.yaml")
+    study = load_study_spec(STUDIES / "paper-toy.yaml")
     assert set(study.methods) == set(sqn_ray.METHODS)
     assert set(study.problems) == {"toy-small", "toy-medium", "toy-large"}
     assert len(study.seeds) >= 10
     assert study.stop["accuracy"] == "target" and study.budget["iterations"] == 1000
     assert study.num_trials == len(sqn_ray.METHODS) * 3 * len(study.seeds)
-    smoke = load_study(STUDIES / "paper-toy.yaml", smoke=True)
+    smoke = load_study_spec(STUDIES / "paper-toy.yaml", smoke=True)
     assert smoke.num_trials < study.num_trials and smoke.budget["iterations"] <= 20
 
 
 def test_sensitivity_sweeps_m_r_and_both_options_on_the_sampled_methods():
-    study = load_study(STUDIES / "sensitivity.yaml")
+    study = load_study_spec(STUDIES / "sensitivity.yaml")
     assert set(study.methods) == {"s-lsr1", "s-lbfgs"}
     for axes in study.methods.values():
         assert set(axes["sampling"]) == {"hvp", "grad-diff"}
@@ -89,7 +89,7 @@ def test_yaml_12_floats(tmp_path):
         problems: [toy-small]
         methods: {s-lsr1: {radius: [1e-3, 1E2]}}
     """)
-    assert load_study(path).methods["s-lsr1"]["radius"] == (1e-3, 100.0)
+    assert load_study_spec(path).methods["s-lsr1"]["radius"] == (1e-3, 100.0)
 
 
 def test_ranges_and_search(tmp_path):
@@ -107,9 +107,9 @@ def test_smoke_overrides_and_fingerprint(tmp_path):
         seeds: 4
         smoke: {problems: [toy-small], seeds: 1, budget: {iterations: 3}}
     """)
-    full, smoke = load_study(path), load_study(path, smoke=True)
+    full, smoke = load_study_spec(path), load_study_spec(path, smoke=True)
     assert (full.num_trials, smoke.num_trials) == (8, 1) and smoke.budget["iterations"] == 3
-    assert full.fingerprint == load_study(path).fingerprint != smoke.fingerprint
+    assert full.fingerprint == load_study_spec(path).fingerprint != smoke.fingerprint
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -135,7 +135,7 @@ def test_smoke_overrides_and_fingerprint(tmp_path):
 def test_invalid_study_names_file_field_and_allowed_values(tmp_path, text, path, allowed):
     file = write(tmp_path, text, "bad.yaml")
     with pytest.raises(StudySpecError) as err:
-        load_study(file)
+        load_study_spec(file)
     msg = str(err.value)
     assert msg.startswith(f"{file}: {path}"), msg
     assert allowed in msg, msg
@@ -144,7 +144,7 @@ def test_invalid_study_names_file_field_and_allowed_values(tmp_path, text, path,
 def test_bad_option_value_is_judged_by_the_core(tmp_path):
     file = write(tmp_path, "problems: [toy-small]\nmethods: {s-lsr1: {memory: [4, 0]}}\n")
     with pytest.raises(StudySpecError, match=r"methods\.s-lsr1\.memory.*memory"):
-        load_study(file)
+        load_study_spec(file)
 
 
 def test_yaml_is_loaded_safely(tmp_path):
@@ -154,9 +154,18 @@ def test_yaml_is_loaded_safely(tmp_path):
         methods: [gd]
     """)
     with pytest.raises(StudySpecError, match="not valid YAML"):
-        load_study(file)
+        load_study_spec(file)
     assert not marker.exists()
 
 
 def test_every_registered_problem_is_accepted():
     assert parse(problems=list(PROBLEMS)).problems == tuple(PROBLEMS)
+
+
+def test_the_spec_names_say_which_study_and_the_earlier_names_still_work():
+    import sqn_ray.study as study_pkg
+    from sqn_ray.study import spec
+
+    assert spec.Study is spec.StudySpec and spec.load_study is spec.load_study_spec
+    assert study_pkg.Study is spec.StudySpec and study_pkg.load_study is spec.load_study_spec
+    assert isinstance(spec.load_study(STUDIES / "paper-toy.yaml"), spec.StudySpec)
