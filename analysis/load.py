@@ -127,9 +127,26 @@ def _is_missing(v) -> bool:
 
 @dataclass
 class StudyResults:
-    """A study's results. ``iterations``: one row per trial × iteration; ``trials``: one row per trial; both
-    carry ``config`` (method + distinguishing options), ``family`` and the option columns. ``eigen``: the
-    figure-5 data, or None. ``metadata``: the Parquet metadata (study spec, versions, git revision)."""
+    """A study's results, as :func:`load_results` returns them.
+
+    Attributes:
+        path: the study folder.
+        iterations: one row per trial × iteration (``iterations.parquet``), sorted by trial and iteration; the
+            record's columns (missing ones NaN), ``config``, ``family``, the option columns and
+            ``accuracy_filled`` (the last evaluated accuracy carried forward within a trial).
+        trials: one row per trial (``trials.parquet``, plus summaries derived from the iterations for trials it
+            does not list yet, status ``"running"``): status, final/best loss and accuracy, budgets used, the
+            ``*_to_target`` columns, ``config`` (method + the options that vary among that method's trials),
+            ``family``, ``solved`` (bool) and the option columns.
+        eigen: ``eigen.parquet`` (the figure-5 eigenvalues), or None when there is none.
+        metadata: the Parquet files' key-value metadata (study spec and text, problem sizes, versions, git
+            revision), decoded.
+        options: the hyperparameter columns, sorted.
+        sources: file name -> the path each table was read from.
+
+    ``name``, ``description``, ``problems``, ``methods``, ``configs`` and ``running`` are derived from these;
+    :meth:`of` restricts the results to some methods or configs.
+    """
 
     path: Path
     iterations: pd.DataFrame
@@ -263,8 +280,23 @@ def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
 
 
 def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyResults:
-    """Read a study folder (see the module docstring). Raises ValueError, with the reason, when ``path`` is
-    not a folder or holds neither ``iterations.parquet`` nor ``trials.parquet``."""
+    """Read a study folder (see the module docstring); partial and running studies load too.
+
+    Args:
+        path: the study's output folder (``sqn-ray study run --out``), holding ``iterations.parquet`` and/or
+            ``trials.parquet``.
+        eigen: an ``eigen.parquet`` to load; None loads ``path/eigen.parquet`` when it exists.
+
+    Returns:
+        A :class:`StudyResults` of the iterations, the trials (derived from the iterations when
+        ``trials.parquet`` is missing), the eigenvalues and the metadata.
+
+    Raises:
+        ValueError: with the reason, when ``path`` does not exist or is not a folder, holds neither Parquet
+            file, a file is not readable Parquet, ``iterations.parquet`` lacks ``trial_id``, ``problem`` or
+            ``method``, the study has no trials yet, or ``eigen`` (when given) is missing or not an
+            eigenvalue file.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such study folder")

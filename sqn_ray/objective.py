@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 import torch
 
 from .options import choice
+from .records import ITERATION_RECORD
 
 HVP_BACKENDS = ("auto", "batched", "loop")
 GRADS_BACKENDS = ("auto", "vmap", "loop")
@@ -35,27 +36,87 @@ FUN_ONLY_COST = 0.5  # gradient-equivalents of one loss evaluation without a gra
 
 
 class Oracle(Protocol):
-    """Uncounted first- and second-order information of F at flat points (columns are points/vectors)."""
+    """What an optimizer needs of F: R^d -> R, at flat points, uncounted.
+
+    An oracle computes F and its derivatives; it keeps no tally. Counting is the :class:`Objective`'s job
+    (it wraps the oracle), so an oracle may evaluate whatever it likes internally and tests may call it
+    freely. Every point ``w`` is a flat tensor of shape (d,); a block of points or vectors is a tensor of
+    shape (d, m) whose columns are the points/vectors. Inputs and outputs are in the oracle's ``dtype`` on
+    its ``device``; outputs carry no autograd graph the caller needs.
+
+    Methods: :meth:`loss` (F), :meth:`loss_and_grad` (F and ∇F), :meth:`hvps` (∇²F times a block, Option II
+    of the sampled methods) and :meth:`grads` (∇F at a block of points, Option I).
+
+    Attributes:
+        dim: d, the number of parameters (the length of every flat point).
+        dtype: the floating dtype the oracle computes in (float32 or float64).
+        device: the device its tensors live on.
+    """
 
     dim: int
     dtype: torch.dtype
     device: torch.device
 
-    def loss(self, w: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, w: torch.Tensor) -> torch.Tensor:
+        """F at one point.
 
-    def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+        Args:
+            w: the point, shape (d,).
+
+        Returns:
+            F(w) as a 0-dim tensor.
+        """
+        ...
+
+    def loss_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F and its gradient at one point, from one evaluation.
+
+        Args:
+            w: the point, shape (d,).
+
+        Returns:
+            (F(w), ∇F(w)): a 0-dim tensor and a tensor of shape (d,).
+        """
+        ...
 
     def hvps(self, w: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """∇²F(w) V for V of shape (d, m)."""
+        """Hessian-vector products ∇²F(w) V for a block of m vectors at one point.
+
+        Args:
+            w: the point, shape (d,).
+            V: the vectors as columns, shape (d, m).
+
+        Returns:
+            ∇²F(w) V, shape (d, m): column i is the Hessian times V[:, i].
+        """
         ...
 
     def grads(self, W: torch.Tensor) -> torch.Tensor:
-        """∇F at each column of W (d, m); returns (d, m)."""
+        """Gradients at a block of m points.
+
+        Args:
+            W: the points as columns, shape (d, m).
+
+        Returns:
+            Shape (d, m): column i is ∇F(W[:, i]).
+        """
         ...
 
 
 @dataclass
 class Counters:
+    """The running tallies of an :class:`Objective` (see the module docstring for what counts).
+
+    Attributes:
+        n_fun: loss values computed, alone or with a gradient.
+        n_grad: gradients computed, one per point.
+        n_hvp: Hessian-vector products computed, one per vector.
+        n_fun_alone: loss values computed without a gradient (each costs ``FUN_ONLY_COST`` gradients).
+        data_passes: passes over the data: ``batch_fraction`` per loss, gradient or HVP (a record's
+            ``epochs``).
+        grad_equivalents: (property) n_grad + n_hvp + 0.5 * n_fun_alone.
+    """
+
     n_fun: int = 0
     n_grad: int = 0
     n_hvp: int = 0
@@ -67,12 +128,35 @@ class Counters:
         return self.n_grad + self.n_hvp + FUN_ONLY_COST * self.n_fun_alone
 
     def snapshot(self) -> dict:
-        return {"n_fun": self.n_fun, "n_grad": self.n_grad, "n_hvp": self.n_hvp,
-                "grad_equivalents": self.grad_equivalents, "epochs": self.data_passes}
+        """The counter fields of an iteration record.
+
+        Returns:
+            {field: value} for the record's counter fields (those of ``sqn_ray.records.ITERATION_RECORD``
+            with source ``"counter"``), in record order: n_fun, n_grad, n_hvp, grad_equivalents, epochs.
+        """
+        return {name: getattr(self, attribute) for name, attribute in COUNTER_FIELDS.items()}
+
+
+#: the record's counter fields (source "counter" in sqn_ray.records), in record order -> the Counters attribute
+#: holding each: its own name, but for the ones renamed here
+_COUNTER_RENAMED = {"epochs": "data_passes"}
+COUNTER_FIELDS: dict[str, str] = {f.name: _COUNTER_RENAMED.get(f.name, f.name)
+                                  for f in ITERATION_RECORD if f.source == "counter"}
+if not all(hasattr(Counters, attribute) for attribute in COUNTER_FIELDS.values()):
+    raise ValueError(f"a counter field of sqn_ray.records has no Counters attribute: {COUNTER_FIELDS}")
 
 
 class Objective:
-    """Counted access to an :class:`Oracle`. ``batch_fraction`` is the share of the data one call touches."""
+    """Counted access to an :class:`Oracle`: what every optimizer in sqn_ray evaluates F through.
+
+    Each method forwards to the oracle, detaches the result and adds to ``counters`` (:class:`Counters`).
+    ``dim``, ``dtype`` and ``device`` are the oracle's.
+
+    Args:
+        oracle: the :class:`Oracle` to count.
+        batch_fraction: the share of the data one oracle call touches (1.0: full batch; a sub-sampling oracle's
+            batch size / n); each evaluation adds it to ``counters.data_passes``.
+    """
 
     def __init__(self, oracle: Oracle, *, batch_fraction: float = 1.0):
         self.oracle = oracle
@@ -92,6 +176,16 @@ class Objective:
         return self.oracle.device
 
     def value(self, w: torch.Tensor) -> torch.Tensor:
+        """F at one point, without a gradient (under ``torch.no_grad``).
+
+        Counts one ``n_fun``, one ``n_fun_alone`` (half a gradient-equivalent) and ``batch_fraction`` data passes.
+
+        Args:
+            w: the point, shape (d,).
+
+        Returns:
+            F(w), a 0-dim tensor.
+        """
         c = self.counters
         c.n_fun += 1
         c.n_fun_alone += 1
@@ -100,6 +194,14 @@ class Objective:
             return self.oracle.loss(w).detach()
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """F and ∇F at one point. Counts one ``n_fun``, one ``n_grad`` and ``batch_fraction`` data passes.
+
+        Args:
+            w: the point, shape (d,).
+
+        Returns:
+            (F(w), ∇F(w)): a 0-dim tensor and a tensor of shape (d,).
+        """
         c = self.counters
         c.n_fun += 1
         c.n_grad += 1
@@ -108,11 +210,29 @@ class Objective:
         return f.detach(), g.detach()
 
     def hvp(self, w: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """Hessian-vector products at one point. Counts m ``n_hvp`` and m × ``batch_fraction`` data passes
+        (the gradient the oracle may build on the way is not counted).
+
+        Args:
+            w: the point, shape (d,).
+            V: m vectors as columns, shape (d, m).
+
+        Returns:
+            ∇²F(w) V, shape (d, m).
+        """
         self.counters.n_hvp += V.shape[1]
         self.counters.data_passes += self.batch_fraction * V.shape[1]
         return self.oracle.hvps(w, V).detach()
 
     def grads_at(self, W: torch.Tensor) -> torch.Tensor:
+        """Gradients at m points. Counts m ``n_grad`` and m × ``batch_fraction`` data passes (no ``n_fun``).
+
+        Args:
+            W: m points as columns, shape (d, m).
+
+        Returns:
+            Shape (d, m): column i is ∇F(W[:, i]).
+        """
         self.counters.n_grad += W.shape[1]
         self.counters.data_passes += self.batch_fraction * W.shape[1]
         return self.oracle.grads(W).detach()
@@ -139,6 +259,18 @@ class AutogradOracle:
     Option I backends (``grads_backend``): ``"vmap"`` (torch.func.vmap over stacked points) or ``"loop"``;
     ``"auto"`` probes likewise. ``fun`` that is not vmappable (data-dependent control flow, .item())
     falls back to ``"loop"``.
+
+    Args:
+        fun: ``fun(w) -> F(w)`` for a flat tensor w of shape (d,), returning a one-element tensor
+            (checked on every call: anything else raises ValueError), differentiable by autograd
+            (twice, for Option II's HVPs).
+        dim: d, the length of w.
+        dtype, device: those of the points it will be given (the oracle's attributes; not checked per call).
+        hvp_backend: ``"auto"``, ``"batched"`` or ``"loop"`` (above).
+        grads_backend: ``"auto"``, ``"vmap"`` or ``"loop"`` (above).
+
+    Raises:
+        OptionError: (a ValueError) when ``hvp_backend`` or ``grads_backend`` is not one of its choices.
     """
 
     def __init__(self, fun: Callable[[torch.Tensor], torch.Tensor], dim: int, dtype: torch.dtype,
@@ -309,9 +441,21 @@ def fastest_backend(candidates: dict[str, Callable[[], torch.Tensor]], device: t
 
 
 def module_objective_fun(module: torch.nn.Module, loss_fn: Callable, inputs, targets):
-    """``fun(w)`` for an ``nn.Module`` evaluated at flat parameters w, plus the module's flat w0.
+    """A flat-parameter ``fun(w)`` for an ``nn.Module`` and a fixed batch, plus the module's current parameters.
 
-    Parameters are laid out in ``module.named_parameters()`` order, each flattened row-major.
+    Parameters are laid out in ``module.named_parameters()`` order, each flattened row-major; buffers are
+    passed as they are. The module itself is not modified by ``fun`` (it runs through
+    :func:`torch.func.functional_call`).
+
+    Args:
+        module: the model; its parameters fix the layout and d.
+        loss_fn: ``loss_fn(module(inputs), targets) -> scalar tensor``.
+        inputs: the model's input batch (one positional argument of its forward).
+        targets: what ``loss_fn`` compares the output with.
+
+    Returns:
+        (fun, w0): ``fun(w) -> loss_fn(module_w(inputs), targets)`` for w of shape (d,), differentiable in w
+        (usable as ``minimize``'s ``fun``), and w0, the module's parameters now, detached, shape (d,).
     """
     names = [n for n, _ in module.named_parameters()]
     shapes = [p.shape for _, p in module.named_parameters()]

@@ -76,9 +76,20 @@ class StopRules:
     @classmethod
     def from_study(cls, budget: Mapping[str, Any] | None, stop: Mapping[str, Any] | None = None, *,
                    target_accuracy: float | None = None) -> "StopRules":
-        """The rules of a study file's ``budget`` (iterations, grad_equivalents, wall_time) and ``stop``
-        (accuracy, loss) mappings; ``stop.accuracy: target`` is the problem's ``target_accuracy`` (no
-        accuracy rule when that is None)."""
+        """The rules of a study file's ``budget`` and ``stop`` mappings.
+
+        Args:
+            budget: keys among ``iterations``, ``grad_equivalents``, ``wall_time`` (None: no budget).
+            stop: keys among ``accuracy``, ``loss`` (None: no stop rule); ``accuracy: "target"`` stands for
+                ``target_accuracy``.
+            target_accuracy: the problem's target accuracy (None: ``"target"`` sets no accuracy rule).
+
+        Returns:
+            The :class:`StopRules` (``gtol`` unset).
+
+        Raises:
+            ValueError: for an unknown key in either mapping, or a bad value (as the constructor).
+        """
         budget, stop = dict(budget or {}), dict(stop or {})
         for name, given, known in (("budget", budget, ("iterations", "grad_equivalents", "wall_time")),
                                    ("stop", stop, ("accuracy", "loss"))):
@@ -92,10 +103,20 @@ class StopRules:
                    wall_time=budget.get("wall_time"), accuracy=accuracy, loss=stop.get("loss"))
 
     def check(self, record: Mapping[str, Any], accuracy: float | None = None, overhead: float = 0.0) -> str | None:
-        """The reason to stop after this iterate's ``record`` (a name of STOP_REASONS), or None to go on.
-        ``accuracy``: the iterate's accuracy (None or NaN where not evaluated: no accuracy rule then);
-        ``overhead``: seconds of the record's ``wall_time`` that were not the optimizer's (the caller's
-        evaluations), taken out before the wall-time budget is compared."""
+        """Whether to stop after an iterate, by the rules a callback applies (in STOP_REASONS order).
+
+        Args:
+            record: the iterate's record (``minimize``'s callback ``record``); reads ``loss``,
+                ``grad_equivalents`` and ``wall_time`` (only those whose rule is set).
+            accuracy: the iterate's accuracy, a fraction (None or NaN where not evaluated: no accuracy rule
+                then).
+            overhead: seconds of the record's ``wall_time`` that were not the optimizer's (the caller's
+                evaluations), taken out before the wall-time budget is compared.
+
+        Returns:
+            The first rule met: ``"target"`` (accuracy >= the target), ``"target_loss"`` (loss <= the target),
+            ``"grad_equivalents"`` or ``"wall_time"`` (budget reached); None to go on.
+        """
         if self.accuracy is not None and accuracy is not None and accuracy >= self.accuracy:
             return "target"
         if self.loss is not None and record["loss"] <= self.loss:

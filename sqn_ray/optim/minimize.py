@@ -108,6 +108,13 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
         ``state`` (a dict of plain tensors and numbers to continue from; None for the external anchors, which
         drive their own loop). A non-finite loss or gradient ends the run with status ``"diverged"``; it
         never raises.
+
+    Raises:
+        ValueError: before any evaluation, for an unknown method or option, a bad option value (the error is
+            an ``OptionError`` naming the option), a bad ``max_iters``/``gtol``/``callback``, a ``w0`` that is
+            not flat, finite, float32/float64 or of the objective's dimension, or a ``state`` that is not one
+            ``minimize`` returned (or is another method's).
+        TypeError: ``fun`` is neither a callable, an Oracle nor an Objective, or ``w0`` is not a tensor.
     """
     saved = _check_saved_state(state, method)
     if saved is not None:

@@ -33,6 +33,9 @@ FIRST_STEPS = ("gradient", "sampled")
 
 @dataclass(frozen=True)
 class OptionSpec:
+    """One option of a method: ``default`` its default value, ``check(name, value)`` its validator (returns
+    the normalised value or raises OptionError), ``doc`` what it means."""
+
     default: Any
     check: Callable[[str, Any], Any]  # returns the normalised value or raises OptionError (a ValueError)
     doc: str
@@ -60,6 +63,18 @@ TRUST = {
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method: what :func:`get_method` returns.
+
+    Attributes:
+        name: the registry name (``"s-lsr1"``, ...; one of ``sqn_ray.METHODS``).
+        summary: a one-line description (algorithm and globalization).
+        options: option name -> :class:`OptionSpec` (default, validator, doc) of every option it takes.
+        build: ``build(options, objective)`` -> the runnable method, from a validated option dict (as
+            :meth:`validate` returns); the builders here ignore ``objective`` (the ``nn.Module`` adapter passes None).
+        family: one of :data:`FAMILIES` (``"sampled QN"``, ``"classical QN"``, ``"first order"``,
+            ``"external anchor"``): how the analysis groups and draws it.
+    """
+
     name: str
     summary: str
     options: dict[str, OptionSpec]
@@ -67,6 +82,20 @@ class MethodSpec:
     family: str = "other"  # one of FAMILIES: how the analysis groups and draws the method
 
     def validate(self, given: dict) -> dict:
+        """Check options for this method and fill in the defaults; runs no evaluation.
+
+        Args:
+            given: option name -> value, any subset of :attr:`options`.
+
+        Returns:
+            A new dict with every option of the method, in :attr:`options` order: each given value as its
+            validator normalised it, the default for the others.
+
+        Raises:
+            OptionError: (a ValueError) for an option the method does not take (the message lists the valid
+                ones) or a value its validator rejects (the message names the option, the value and what is
+                allowed).
+        """
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             raise OptionError(f"unknown option(s) {unknown} for method {self.name!r}; "
@@ -164,7 +193,17 @@ SAMPLED_METHODS = tuple(m for m in METHODS if REGISTRY[m].family == "sampled QN"
 
 
 def methods_of(family: str) -> tuple[str, ...]:
-    """The registered methods of one family (:data:`FAMILIES`), in registry order."""
+    """The registered methods of one family.
+
+    Args:
+        family: one of :data:`FAMILIES`.
+
+    Returns:
+        The method names of that family, in registry order (:data:`METHODS`).
+
+    Raises:
+        OptionError: (a ValueError) when ``family`` is not one of :data:`FAMILIES`.
+    """
     if family not in FAMILIES:
         raise OptionError(f"unknown method family {family!r}; valid families: {list(FAMILIES)}",
                           option="family", value=family, allowed=FAMILIES)
@@ -172,12 +211,31 @@ def methods_of(family: str) -> tuple[str, ...]:
 
 
 def method_family(name: str) -> str:
-    """The family of a method (:data:`FAMILIES`); ``"other"`` for a name the registry does not know."""
+    """The family of a method; never raises.
+
+    Args:
+        name: a method name.
+
+    Returns:
+        Its family, one of :data:`FAMILIES`, or ``"other"`` for a name the registry does not know.
+    """
     spec = REGISTRY.get(name)
     return spec.family if spec is not None else "other"
 
 
 def get_method(name: str) -> MethodSpec:
+    """The registry entry of a method.
+
+    Args:
+        name: one of :data:`METHODS` (``sqn_ray.METHODS``).
+
+    Returns:
+        Its :class:`MethodSpec` (name, summary, options, builder, family).
+
+    Raises:
+        OptionError: (a ValueError) for a name that is not registered (or not hashable); the message lists the
+            valid names.
+    """
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
@@ -186,11 +244,32 @@ def get_method(name: str) -> MethodSpec:
 
 
 def method_options(name: str) -> dict[str, Any]:
-    """The options that apply to ``name``, with their defaults."""
+    """The options a method takes, with their defaults.
+
+    Args:
+        name: one of :data:`METHODS`.
+
+    Returns:
+        A new dict option name -> default value, in the method's option order.
+
+    Raises:
+        OptionError: (a ValueError) for an unknown method, as :func:`get_method`.
+    """
     return {k: spec.default for k, spec in get_method(name).options.items()}
 
 
 def validate_options(method: str, **options) -> dict:
-    """The full, validated option dict for ``method`` (defaults filled in); :class:`~sqn_ray.options.OptionError`
-    (a ValueError naming the option, the value and what is allowed) on any bad input."""
+    """Validate options for a method without running it (:meth:`MethodSpec.validate` by name).
+
+    Args:
+        method: one of :data:`METHODS`.
+        **options: option name -> value.
+
+    Returns:
+        The method's full option dict: the given values normalised, the defaults for the others.
+
+    Raises:
+        OptionError: (a ValueError naming the option, the value and what is allowed) for an unknown method, an
+            option the method does not take or a bad value.
+    """
     return get_method(method).validate(options)

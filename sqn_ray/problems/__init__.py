@@ -40,10 +40,25 @@ DTYPES = (torch.float32, torch.float64)
 class Problem:
     """A named minimisation problem min_w F(w), w ∈ R^dim, F a mean over ``n_samples`` points.
 
-    ``oracle`` is the fast :class:`~sqn_ray.objective.Oracle`; ``fun`` the plain differentiable definition
-    of the same F (for autograd, vmap and cross-checks); ``init(seed)`` the seeded starting point;
-    ``accuracy(w)`` the training accuracy; ``target_accuracy`` the accuracy at which a run may stop
-    (None: no such target).
+    What :func:`get_problem` returns (the MNIST problems: :class:`~sqn_ray.problems.mnist.MNISTProblem`, which
+    adds the test set's ``test_accuracy(w)``, ``test_loss(w)`` and ``metrics(w)``). Every w is a flat tensor of
+    shape (dim,) in ``dtype`` on ``device``.
+
+    Attributes:
+        name: its name in :data:`PROBLEMS`.
+        dim: d, the number of parameters.
+        n_samples: the number of training points F averages over.
+        dtype, device: what the oracle computes in and on.
+        oracle: the fast :class:`~sqn_ray.objective.Oracle` of F (hand-batched HVPs and gradients); pass it
+            to ``minimize``.
+        fun: ``fun(w) -> F(w)`` (0-dim tensor), the plain differentiable definition of the same F (for
+            autograd, vmap and cross-checks).
+        init: ``init(seed) -> w0``, the seeded starting point, shape (dim,) (the same point for a seed in
+            every dtype and on every device).
+        accuracy: ``accuracy(w) -> float``, the training accuracy, a fraction in [0, 1].
+        target_accuracy: the accuracy at which a run counts as solved and may stop (1.0 for the toy
+            problems); None: no such target.
+        description: one line: the data, the model, d and the loss.
     """
     name: str
     dim: int
@@ -60,7 +75,15 @@ class Problem:
 
 def gaussian_init(dim: int, dtype: torch.dtype, device: torch.device) -> Callable[[int], torch.Tensor]:
     """``init(seed)``: w_i i.i.d. N(0, 1), drawn in float64 on the host from ``torch.Generator().manual_seed(seed)``
-    and then cast and moved, so one seed gives the same point in every dtype and on every device."""
+    and then cast and moved, so one seed gives the same point in every dtype and on every device.
+
+    Args:
+        dim: d, the length of the points.
+        dtype, device: those of the points ``init`` returns.
+
+    Returns:
+        ``init(seed: int) -> Tensor`` of shape (dim,).
+    """
     def init(seed: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(int(seed))
         return torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
@@ -68,7 +91,15 @@ def gaussian_init(dim: int, dtype: torch.dtype, device: torch.device) -> Callabl
 
 
 def zeros_init(dim: int, dtype: torch.dtype, device: torch.device) -> Callable[[int], torch.Tensor]:
-    """``init(seed)`` = 0 for every seed (a convex problem has one answer; the seed is accepted for uniformity)."""
+    """``init(seed)`` = 0 for every seed (a convex problem has one answer; the seed is accepted for uniformity).
+
+    Args:
+        dim: d, the length of the points.
+        dtype, device: those of the points ``init`` returns.
+
+    Returns:
+        ``init(seed: int) -> Tensor``, zeros of shape (dim,) (``int(seed)`` must succeed).
+    """
     def init(seed: int) -> torch.Tensor:
         int(seed)  # still validate it: a bad seed should fail here as it does for the other problems
         return torch.zeros(dim, dtype=dtype, device=device)
@@ -98,7 +129,22 @@ def _logistic_problem(dtype: torch.dtype, device: torch.device) -> Problem:
 
 
 def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Problem:
-    """The problem ``name`` (one of :data:`PROBLEMS`) in ``dtype`` on ``device``."""
+    """Build a problem of the library.
+
+    Args:
+        name: one of :data:`PROBLEMS`.
+        dtype: ``torch.float64`` or ``torch.float32``: what the oracle computes in.
+        device: where its data and computations live (``"cpu"``, ``"cuda"``, ``"cuda:0"``, ...).
+
+    Returns:
+        The :class:`Problem` (an :class:`~sqn_ray.problems.mnist.MNISTProblem` for the MNIST and
+        Fashion-MNIST names).
+
+    Raises:
+        ValueError: for a name not in :data:`PROBLEMS` or an unsupported dtype.
+        DataNotFetchedError: (:mod:`sqn_ray.data`; a ValueError) for an MNIST or Fashion-MNIST problem whose data is not
+            in the local cache; the message says which ``sqn-ray data fetch`` command to run.
+    """
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(PROBLEMS)}")
     if dtype not in DTYPES:
@@ -114,8 +160,15 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
 
 
 def problem_dim(name: str) -> int | None:
-    """d of the problem ``name`` without building it (no data is loaded), or None where only building it
-    tells (``logistic``: d follows from its data set)."""
+    """d of a problem without building it (no data is loaded).
+
+    Args:
+        name: a problem name.
+
+    Returns:
+        Its number of parameters, or None where only building it tells (``logistic``: d follows from its data
+        set) or for a name that is not a toy or MNIST problem.
+    """
     if name.startswith("toy-") and name.removeprefix("toy-") in TOY_SIZES:
         return param_count(TOY_SIZES[name.removeprefix("toy-")])
     if name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS:

@@ -134,18 +134,46 @@ def _solution_float64(lam: float) -> np.ndarray:
 
 def solution(lam: float = DEFAULT_LAMBDA, dtype: torch.dtype = torch.float64,
              device: torch.device | str = "cpu") -> torch.Tensor:
-    """The minimiser w* of F (computed once per λ in float64 with scipy's L-BFGS-B, then cached)."""
+    """The minimiser w* of F (computed once per λ in float64 with scipy's L-BFGS-B, then cached).
+
+    Args:
+        lam: λ, the L2 weight on β.
+        dtype, device: those of the returned tensor.
+
+    Returns:
+        w* = (β, β_0), shape (31,).
+    """
     return torch.tensor(_solution_float64(float(lam)), dtype=torch.float64).to(dtype=dtype, device=device)
 
 
 def logistic_oracle(lam: float = DEFAULT_LAMBDA, dtype: torch.dtype = torch.float64,
                     device: torch.device | str = "cpu") -> LogisticOracle:
+    """The hand-written oracle of F on the standardised breast-cancer data (loaded through scikit-learn).
+
+    Args:
+        lam: λ > 0, the L2 weight on β (the intercept is not penalised).
+        dtype, device: what it computes in and on.
+
+    Returns:
+        A :class:`LogisticOracle` with d = 31 and n = 569.
+
+    Raises:
+        ValueError: when ``lam`` is not > 0.
+    """
     X, y = breast_cancer(dtype, device)
     return LogisticOracle(X, y, lam, dtype, device)
 
 
 def logistic_fun(lam: float = DEFAULT_LAMBDA, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
-    """Plain ``fun(w) -> F(w)`` (autograd- and vmap-differentiable)."""
+    """The plain definition of F.
+
+    Args:
+        lam: λ, the L2 weight on β.
+        dtype, device: those of the data (and of the w it expects).
+
+    Returns:
+        ``fun(w) -> F(w)`` (0-dim tensor) for w = (β, β_0) of shape (31,), autograd- and vmap-differentiable.
+    """
     X, y = breast_cancer(dtype, device)
 
     def fun(w: torch.Tensor) -> torch.Tensor:

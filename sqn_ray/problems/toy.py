@@ -35,7 +35,12 @@ PLATEAU_LOSS = math.log(2.0)  # loss where both classes get probability 1/2 (e.g
 
 
 def toy_data(dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
-    """(X, labels): X (100, 2) with rows (x_j, sin(8 x_j) ± 0.8), labels 1 for the first 50 (the + band)."""
+    """The toy data set, the same points in every dtype and on every device.
+
+    Returns:
+        (X, labels): X of shape (100, 2) in ``dtype`` with rows (x_j, sin(8 x_j) ± 0.8); labels (100,) int64,
+        1 for the first 50 points (the + band), 0 for the rest.
+    """
     # Built in float64 on the host and then cast, so every dtype/device sees the same rounded points.
     x = torch.arange(N_PER_CLASS, dtype=torch.float64) / N_PER_CLASS
     wave = torch.sin(FREQUENCY * x)
@@ -53,13 +58,35 @@ def toy_sizes(size: str) -> tuple[int, ...]:
 
 
 def toy_oracle(size: str, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> MLPOracle:
-    """The hand-batched oracle of the toy net ``size``."""
+    """The hand-batched oracle of a toy net.
+
+    Args:
+        size: ``"small"``, ``"medium"`` or ``"large"`` (:data:`TOY_SIZES`).
+        dtype, device: what it computes in and on.
+
+    Returns:
+        An :class:`~sqn_ray.problems.mlp.MLPOracle` of F on the toy data (d = 36, 176 or 908).
+
+    Raises:
+        ValueError: for an unknown ``size``.
+    """
     X, labels = toy_data(dtype, device)
     return MLPOracle(toy_sizes(size), TOY_ACTIVATION, X, labels, dtype, device)
 
 
 def toy_fun(size: str, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
-    """Plain ``fun(w) -> F(w)`` of the toy net ``size`` (autograd- and vmap-differentiable)."""
+    """The plain definition of a toy net's F.
+
+    Args:
+        size: ``"small"``, ``"medium"`` or ``"large"`` (:data:`TOY_SIZES`).
+        dtype, device: those of the data (and of the w it expects).
+
+    Returns:
+        ``fun(w) -> F(w)`` (0-dim tensor) for flat w of shape (d,), autograd- and vmap-differentiable.
+
+    Raises:
+        ValueError: for an unknown ``size``.
+    """
     X, labels = toy_data(dtype, device)
     sizes = toy_sizes(size)
 

@@ -46,6 +46,24 @@ EXPERIMENT = "study"
 
 @dataclass
 class StudyOutcome:
+    """What :func:`run_study` returns: where the results are and how the trials ended.
+
+    Attributes:
+        out_dir: the study's output folder (absolute).
+        total: the number of trials the study has (``study.num_trials``).
+        counts: trial status -> number of trials: the final statuses ``"solved"``, ``"budget"``,
+            ``"diverged"``, ``"failed"``, and ``"running"`` for trials not finished.
+        interrupted: True when fewer than ``total`` trials finished (e.g. Ctrl-C); ``resume=True`` continues.
+        wall_time: seconds of the whole call, Ray's start included.
+        ray_start_time: seconds spent connecting to or starting Ray.
+        iterations_path, trials_path: ``out_dir/iterations.parquet`` and ``out_dir/trials.parquet``.
+        resumed: whether the call continued a study the folder already held.
+        replayed: trials finished earlier whose results were replayed from the folder, not rerun.
+        extra: free-form additions (empty as returned here).
+        done: (property) the trials with a final status.
+        exit_code: (property) 130 when interrupted, else 0: the CLI's exit status.
+    """
+
     out_dir: Path
     total: int
     counts: dict[str, int]
@@ -248,11 +266,31 @@ def _cpu_problems(study: StudySpec) -> dict:
 def run_study(study: StudySpec, out_dir: str | Path | None = None, *, address: str | None = None,
               resume: bool = False, progress: bool = True, num_cpus: int | None = None,
               num_gpus: int | None = None, stream: TextIO | None = None) -> StudyOutcome:
-    """Run (or, with ``resume``, continue) ``study``, writing ``out_dir/iterations.parquet`` and
-    ``out_dir/trials.parquet``. ``out_dir`` defaults to ``results/<study name>``.
+    """Run (or, with ``resume``, continue) ``study`` on Ray Tune, writing ``out_dir/iterations.parquet`` and
+    ``out_dir/trials.parquet``. What ``sqn-ray study run`` calls.
 
-    Raises :class:`StudyError` (one line, before Ray starts) when the folder cannot be used: another driver
-    holds it, it holds another study, it cannot be written."""
+    Args:
+        study: the validated study (:func:`~sqn_ray.study.spec.load_study_spec`).
+        out_dir: the output folder, created if needed and locked for this driver; default
+            ``results/<study name>`` (relative to the working directory).
+        address: a Ray cluster to join (or the RAY_ADDRESS environment variable); None starts an embedded
+            local Ray for the call and stops it at the end. An already initialised Ray is used and left alone.
+        resume: continue the study the folder holds (finished trials replay from their results, unfinished
+            ones start over); without it a folder holding a study is refused.
+        progress: draw the live progress table.
+        num_cpus, num_gpus: the resources of an embedded Ray (None: Ray's own detection).
+        stream: where the progress table and notes go (default ``sys.stderr``).
+
+    Returns:
+        A :class:`StudyOutcome`: the folder, the Parquet paths, the trial counts by status, whether it was
+        interrupted, and timings. A study that Tune stops early (Ctrl-C) returns with ``interrupted`` True.
+
+    Raises:
+        StudyError: (a RuntimeError; one line, before Ray starts) when the folder cannot be used: another
+            driver holds it, it is a file or cannot be created or written, it holds a study and ``resume`` is
+            False, it holds a different study definition (another fingerprint), or it holds results without
+            their study record. Errors of Ray or Tune themselves propagate as they are.
+    """
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_ROOT / study.name).resolve()
     with open_output_folder(out):
         return _run_in(out, study, address=address, resume=resume, progress=progress, num_cpus=num_cpus,

@@ -254,8 +254,38 @@ class CellGrid:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study. ``methods`` maps each method to its option axes: a tuple of grid values or a
-    :class:`Distribution` (only with random/optuna search)."""
+    """A validated, normalised study file (:func:`load_study_spec`, :func:`parse_study`); frozen.
+
+    Attributes:
+        name: the study's name (the file stem unless given): letters, digits, ``_``, ``.``, ``-``.
+        description: free text ("" when absent).
+        problems: problem names (of ``sqn_ray.problems.PROBLEMS``).
+        methods: method -> option name -> its axis: a tuple of grid values, or a :class:`Distribution`
+            (only with random/optuna search); shared ``options:`` are merged in where the method takes them.
+        seeds: the seeds; every cell with seed s starts from ``problem.init(s)`` and passes ``seed=s``.
+        budget: ``{"iterations": int, "grad_equivalents": float | None, "wall_time": float | None}``
+            (wall time in seconds).
+        stop: ``{"accuracy": fraction | "target" | None, "loss": float | None}``.
+        resources: per trial, ``{"cpu": float, "gpu": float}``.
+        metric, mode: what Tune's search/scheduler and the ranking use (a name of :data:`METRICS`;
+            ``"min"`` or ``"max"``).
+        search: ``{"algorithm": "grid" | "random" | "optuna", "num_samples", "seed", "max_concurrent"}``.
+        scheduler: the ASHA settings, or None for no scheduler.
+        dtype: ``"float64"`` or ``"float32"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        accuracy_every: training accuracy is evaluated every k-th iterate (and at the end).
+        max_failures: retries of a trial whose worker died.
+        max_concurrent_trials: a cap on concurrent trials, or None (as the resources allow).
+        report_interval: seconds between a trial's reports to Tune (0: every iteration).
+        source: where it was read from (the file path, or ``"<study>"``).
+        smoke: whether the ``smoke:`` overrides were applied.
+        raw: the file's mapping as read (before defaults and overrides).
+        text: the file's text ("" when parsed from data).
+        defaults: method -> its full option defaults (``sqn_ray.method_options``).
+
+    ``num_trials``, ``grid`` (the cells), ``fingerprint`` (what a resumed study must match) and
+    ``to_json()`` are derived from these.
+    """
 
     name: str
     description: str
@@ -350,7 +380,21 @@ class StudySpec:
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_study_spec(path: str | Path, *, smoke: bool = False) -> StudySpec:
-    """Read and validate a study file; ``smoke`` applies its ``smoke:`` overrides (or a default shrink)."""
+    """Read and validate a study file (the layout: this module's docstring).
+
+    Args:
+        path: the YAML file; its stem is the study's default name.
+        smoke: apply the file's ``smoke:`` overrides (without one: 1 seed, 10 iterations, 30 s; 2 samples for
+            a random/optuna search), for ``--smoke``.
+
+    Returns:
+        The validated :class:`StudySpec`, with ``source`` the path and ``text`` the file's text.
+
+    Raises:
+        StudySpecError: (a ValueError) for an unreadable or oversized file, invalid YAML, or any invalid field;
+            the message names the file, the field path and the allowed values, and the error carries them as
+            ``option``, ``value``, ``allowed``.
+    """
     data, text = read_yaml_file(path)
     return parse_study(data, source=str(path), smoke=smoke, text=text)
 
@@ -361,9 +405,22 @@ load_study = load_study_spec
 
 
 def read_yaml_file(path: str | Path, *, error: type[Exception] = StudySpecError) -> tuple[Any, str]:
-    """(data, text) of a YAML file of the platform's (studies, scaling specs), read as :func:`read_yaml`
-    reads text, after the checks a file needs: not a folder, at most :data:`MAX_FILE_BYTES`, UTF-8 text.
-    Every failure is an ``error`` whose message starts with the file's name."""
+    """Read a YAML file of the platform's (studies, scaling specs) safely.
+
+    Args:
+        path: the file.
+        error: the exception class to raise (called with the message; an :class:`~sqn_ray.options.OptionError`
+            subclass also gets ``option``, ``value``, ``allowed`` of a YAML error).
+
+    Returns:
+        (data, text): the parsed YAML (as :func:`read_yaml` parses it; None for an empty file) and the file's
+        text.
+
+    Raises:
+        error: (default :class:`StudySpecError`) with a message starting with the file's name when the path is
+            a folder or cannot be read, is larger than :data:`MAX_FILE_BYTES`, is not UTF-8 text or holds NUL
+            bytes, or is not valid YAML (see :func:`read_yaml`).
+    """
     path = Path(path)
     try:
         if path.is_dir():
@@ -392,7 +449,20 @@ def read_yaml_file(path: str | Path, *, error: type[Exception] = StudySpecError)
 def read_yaml(text: str, *, source: str = "<study>", max_nodes: int | None = None) -> Any:
     """Parse YAML text safely: no tags or objects, ``1e-3`` a float, duplicate keys refused, and at most
     ``max_nodes`` values (default :data:`MAX_YAML_NODES`) once aliases are expanded, counted on the node graph
-    before anything is built (a few hundred bytes of nested aliases expand to billions of values)."""
+    before anything is built (a few hundred bytes of nested aliases expand to billions of values).
+
+    Args:
+        text: the YAML text (one document).
+        source: the name error messages start with.
+        max_nodes: the limit on expanded values; None for :data:`MAX_YAML_NODES`.
+
+    Returns:
+        The document's value (plain dicts, lists, strings, numbers, booleans, None), or None for an empty one.
+
+    Raises:
+        StudySpecError: for invalid YAML (with line and column), a duplicate key, or more than ``max_nodes``
+            values once expanded (a recursive alias included).
+    """
     limit = MAX_YAML_NODES if max_nodes is None else max_nodes
     loader = _Loader(text)
     try:
@@ -444,12 +514,37 @@ def _expanded_size(root, limit: int) -> int:
 
 
 def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> StudySpec:
-    """Validate an already loaded study mapping (see the module docstring for the layout)."""
+    """Validate an already loaded study mapping (see the module docstring for the layout).
+
+    Args:
+        data: the study as :func:`read_yaml` returns it (a mapping).
+        source: its file name, for error messages and the default study name (its stem; ``"study"`` for
+            ``"<study>"``).
+        smoke: apply its ``smoke:`` overrides (or the default shrink), as :func:`load_study_spec`.
+        text: the file's text, kept as ``StudySpec.text`` (stored with the results).
+
+    Returns:
+        The validated :class:`StudySpec`.
+
+    Raises:
+        StudySpecError: (a ValueError) for an empty or non-mapping study, an unknown key, any invalid field, a
+            study with no trials or more than :data:`MAX_TRIALS`; the message names the source, the field path
+            and the allowed values.
+    """
     return _Parser(source).parse(data, smoke=smoke, text=text)
 
 
 def deep_merge(base: dict, over: Mapping) -> dict:
-    """``base`` with ``over`` merged in, key by key into nested mappings (copies: neither is changed)."""
+    """Merge ``over`` into ``base``, key by key into nested mappings.
+
+    Args:
+        base: the mapping to start from.
+        over: the values to put in; where both hold a mapping under a key, they are merged recursively, else
+            ``over``'s value replaces ``base``'s.
+
+    Returns:
+        A new dict (deep copies: neither argument is changed).
+    """
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):

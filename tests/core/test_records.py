@@ -46,6 +46,18 @@ def test_the_schema_is_todays_record():
     assert all(f.unit is not None and f.doc for f in ITERATION_RECORD)
 
 
+def test_the_counters_snapshot_is_the_schemas_counter_fields():
+    from sqn_ray.objective import Counters
+
+    counter_fields = tuple(f.name for f in ITERATION_RECORD if f.source == "counter")
+    assert counter_fields == ("n_fun", "n_grad", "n_hvp", "grad_equivalents", "epochs")
+    c = Counters(n_fun=3, n_grad=2, n_hvp=5, n_fun_alone=1, data_passes=1.5)
+    snap = c.snapshot()
+    assert tuple(snap) == counter_fields
+    assert snap == {"n_fun": 3, "n_grad": 2, "n_hvp": 5, "grad_equivalents": 7.5, "epochs": 1.5}
+    assert type(snap["n_fun"]) is int and type(snap["epochs"]) is float
+
+
 def test_step_defaults_are_what_a_step_records_without_measuring():
     d = step_defaults()
     assert list(d) == ["step_size", "trust_radius", "accepted", "pairs_kept", "s_norm", "step_norm",
