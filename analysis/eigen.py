@@ -36,8 +36,18 @@ from .load import LN2
 __all__ = ["trajectory", "choose_points", "eigen_frame", "write_eigen", "DEFAULT_OUT"]
 
 DEFAULT_OUT = Path("results") / "eigen" / "eigen.parquet"
-SAMPLED_KINDS = ("s-lsr1", "s-lbfgs")
-PATH_KINDS = {"lsr1": True, "lbfgs": True, "sr1": False, "bfgs": False}  # kind -> limited to the last m pairs
+
+
+def model_kinds() -> tuple[tuple[str, ...], dict[str, bool]]:
+    """The method registry's explicit models: the sampled kinds (pairs drawn at the point) and the path kinds,
+    each mapped to whether it keeps only the last m pairs (it has a ``memory`` option) or the whole path."""
+    from sqn_ray.optim.registry import method_options, methods_of
+    from sqn_ray.spectral import model_kinds as explicit
+
+    kinds = explicit()
+    sampled = tuple(m for m in methods_of("sampled QN") if m in kinds)
+    path = {m: "memory" in method_options(m) for m in methods_of("classical QN") if m in kinds}
+    return sampled, path
 
 
 def trajectory(problem, seed: int = 0, *, memory: int = 10, radius: float = 1.0, sampling: str = "hvp",
@@ -132,10 +142,11 @@ def eigen_frame(problem_name: str = "toy-small", seed: int = 0, *, memory: int =
         mats = {"hessian": ("exact", 0, dense_hessian(problem.oracle, w))}
         S, Y = sampled_pairs_at(problem.oracle, w, memory=memory, radius=radius, sampling=sampling,
                                 seed=pair_seed + k)
-        for kind in SAMPLED_KINDS:
+        sampled_kinds, path_kinds = model_kinds()
+        for kind in sampled_kinds:
             mats[kind] = ("sampled", S.shape[1], model_matrix(kind, S, Y))
         Wk, Gk = _distinct_steps(W, G, k)
-        for kind, limited in PATH_KINDS.items():
+        for kind, limited in path_kinds.items():
             Sp, Yp = path_pairs(Wk, Gk, memory if limited else None)
             mats[kind] = ("path", Sp.shape[1], model_matrix(kind, Sp, Yp))
         for matrix, (source, pairs, M) in mats.items():

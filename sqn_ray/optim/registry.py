@@ -7,6 +7,7 @@ cross options a method ignores (``radius`` for ``lbfgs``) into duplicate trials.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -24,6 +25,7 @@ from ..options import positive_float as _positive_float
 from ..options import positive_int as _positive_int
 from ..options import seed_or_none as _seed
 from ..options import unit_interval as _unit_interval
+from ..spectral import bfgs_family_matrix, compact_sr1_matrix, dense_sr1_matrix
 from .globalization import TrustRegionRule
 from .methods import Adam, GradientDescent, LineSearchMethod, TrustRegionMethod
 
@@ -73,6 +75,9 @@ class MethodSpec:
             :meth:`validate` returns); the builders here ignore ``objective`` (the ``nn.Module`` adapter passes None).
         family: one of :data:`FAMILIES` (``"sampled QN"``, ``"classical QN"``, ``"first order"``,
             ``"external anchor"``): how the analysis groups and draws it.
+        model_matrix: ``model_matrix(S, Y, eps=...)`` -> the explicit d×d Hessian approximation the method's
+            model is on those pairs (float64; :func:`sqn_ray.spectral.model_matrix` dispatches here), or None
+            for a method without one.
     """
 
     name: str
@@ -80,6 +85,7 @@ class MethodSpec:
     options: dict[str, OptionSpec]
     build: Callable[[dict, Objective], Any]
     family: str = "other"  # one of FAMILIES: how the analysis groups and draws the method
+    model_matrix: Callable[..., torch.Tensor] | None = None  # the explicit model, for the spectra
 
     def validate(self, given: dict) -> dict:
         """Check options for this method and fill in the defaults; runs no evaluation.
@@ -133,7 +139,7 @@ _SPECS = [
                {**MEMORY, **SAMPLED, **FILTER, **TRUST,
                 "b0": OptionSpec("zero", _choice(*B0_CHOICES), "B0 = 0 (reference) or γI"), **SEED},
                lambda o, obj: _tr(_sampled_source(o), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o),
-               family="sampled QN"),
+               family="sampled QN", model_matrix=partial(compact_sr1_matrix, b0="zero")),
     MethodSpec("s-lbfgs", "sampled LBFGS, Armijo line search (Algorithm 1 + 2)",
                {**MEMORY, **SAMPLED, **FILTER, **ARMIJO,
                 "first_step": OptionSpec("gradient", _choice(*FIRST_STEPS),
@@ -143,26 +149,27 @@ _SPECS = [
                                                c1=o["c1"], trial_step=o["trial_step"],
                                                gradient_first_step=o["first_step"] == "gradient",
                                                on_failure="retry"),
-               family="sampled QN"),
+               family="sampled QN", model_matrix=partial(bfgs_family_matrix, scale_from="last")),
     MethodSpec("lsr1", "limited-memory SR1 from the path, B0 = γI, trust region",
                {**MEMORY, **FILTER, **TRUST, "b0": OptionSpec("gamma", _choice(*B0_CHOICES), "B0 = 0 or γI"), **SEED},
                lambda o, obj: _tr(PathPairs(memory=o["memory"]), CompactLSR1(eps=o["epsilon"], b0=o["b0"]), o),
-               family="classical QN"),
+               family="classical QN", model_matrix=partial(compact_sr1_matrix, b0="gamma")),
     MethodSpec("lbfgs", "limited-memory BFGS from the path, Armijo line search",
                {**MEMORY, **FILTER, **ARMIJO, **SEED},
                lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]),
                                                model=LBFGSInverse(eps=o["epsilon"]),
                                                c1=o["c1"], trial_step=o["trial_step"], on_failure="restart"),
-               family="classical QN"),
+               family="classical QN", model_matrix=partial(bfgs_family_matrix, scale_from="last")),
     MethodSpec("sr1", "dense SR1 from the path, B0 = I, trust region",
                {**FILTER, **TRUST, **SEED},
                lambda o, obj: _tr(PathPairs(memory=0), DenseSR1(eps=o["epsilon"]), o),
-               family="classical QN"),
+               family="classical QN", model_matrix=dense_sr1_matrix),
     MethodSpec("bfgs", "dense BFGS from the path, Armijo line search",
                {**FILTER, **ARMIJO, **SEED},
                lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]),
                                                c1=o["c1"], trial_step=o["trial_step"], on_failure="restart"),
-               family="classical QN"),
+               # dense BFGS scales H0 once, from its first accepted pair; L-BFGS rescales from the newest
+               family="classical QN", model_matrix=partial(bfgs_family_matrix, scale_from="first")),
     MethodSpec("gd", "gradient descent with a fixed learning rate",
                {"lr": OptionSpec(0.1, _positive_float, "learning rate"), **SEED},
                lambda o, obj: GradientDescent(lr=o["lr"]),

@@ -108,6 +108,19 @@ def _pairs_of_an_indefinite_quadratic(d=8, m=6, seed=0):
     return S, A @ S, torch.randn(d, generator=gen, dtype=torch.float64)
 
 
+def test_the_registry_says_which_methods_have_an_explicit_model():
+    """spectral.MODEL_KINDS and the eigen figure's kinds come from MethodSpec.model_matrix, not from lists."""
+    import sqn_ray.spectral as spectral
+    from analysis.eigen import model_kinds
+    from sqn_ray.optim.registry import REGISTRY
+
+    assert spectral.MODEL_KINDS == ("s-lsr1", "s-lbfgs", "lsr1", "lbfgs", "sr1", "bfgs")
+    assert all((REGISTRY[m].model_matrix is not None) == (m in spectral.MODEL_KINDS) for m in REGISTRY)
+    assert model_kinds() == (("s-lsr1", "s-lbfgs"), {"lsr1": True, "lbfgs": True, "sr1": False, "bfgs": False})
+    with pytest.raises(ValueError, match="kind='gd' is not one of"):
+        model_matrix("gd", torch.zeros(3, 1), torch.zeros(3, 1))
+
+
 @pytest.mark.parametrize("kind", ["s-lsr1", "lsr1", "sr1", "s-lbfgs", "lbfgs", "bfgs"])
 def test_the_spectral_matrix_is_the_methods_own_model(kind):
     """model_matrix(kind) applied to a vector equals what the method itself does with the same pairs: the
