@@ -185,22 +185,29 @@ def cmd_methods(args) -> int:
 
 
 def cmd_problems(args) -> int:
-    from .problems import PROBLEMS, get_problem
-
     from .data import DataNotFetchedError
+    from .problems import PROBLEMS, PluginError, get_problem, plugin_entry_points, problem_names
+    from .problems.plugins import describe, shadowed_plugins
 
-    width = max(map(len, PROBLEMS)) + 1
-    for name in PROBLEMS:
+    names, plugins = problem_names(), plugin_entry_points(PROBLEMS)
+    width = max(map(len, names)) + 1
+    for name in names:
+        origin = f" [plugin {describe(plugins[name])}]" if name in plugins else ""
         try:
             p = get_problem(name)
         except DataNotFetchedError:
             dataset = "fashion-mnist" if name.startswith("fashion-") else "mnist"
             print(f"{name:{width}s} (data not fetched: run `sqn-ray data fetch {dataset}`)")
             continue
-        except (ValueError, RuntimeError, OSError) as e:  # one problem that cannot be built hides no other
-            print(f"{name:{width}s} (cannot be built here: {e})")
+        except PluginError as e:  # a broken plugin hides no other problem
+            print(f"{name:{width}s} (plugin cannot be loaded: {e})")
             continue
-        print(f"{name:{width}s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}")
+        except (ValueError, RuntimeError, OSError) as e:  # one problem that cannot be built hides no other
+            print(f"{name:{width}s} (cannot be built here: {e}){origin}")
+            continue
+        print(f"{name:{width}s} d = {p.dim:<7d} n = {p.n_samples:<6d} {p.description}{origin}")
+    for ep in shadowed_plugins(PROBLEMS):
+        print(f"(ignored: plugin {describe(ep)} has the name of a built-in problem)")
     return 0
 
 

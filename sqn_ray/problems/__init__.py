@@ -12,6 +12,12 @@ Problems (``PROBLEMS``):
   d = 36, 176, 908 (:mod:`sqn_ray.problems.toy`); target accuracy 1.0, as in the paper's stopping rule.
 * ``logistic``: L2-regularised logistic regression on breast cancer, d = 31, a convex problem whose
   minimiser :func:`~sqn_ray.problems.logistic.solution` is known (:mod:`sqn_ray.problems.logistic`).
+* the MNIST and Fashion-MNIST networks (:mod:`sqn_ray.problems.mnist`; the data cache first).
+
+A researcher's own model: :class:`~sqn_ray.problems.module.ModuleProblem` (an ``nn.Module``, a loss and data),
+registered by an installed package through the ``sqn_ray.problems`` entry-point group
+(:mod:`sqn_ray.problems.plugins`) or handed to a study from a notebook (``run_study(..., problems={...})``).
+Anything with the attributes of :class:`~sqn_ray.problems.protocol.ProblemProtocol` is a problem.
 
 Importing this package needs neither Ray nor scikit-learn (the breast-cancer data loads on first use).
 """
@@ -24,6 +30,9 @@ from typing import Callable
 import torch
 
 from ..objective import Oracle
+from .module import ModuleProblem
+from .plugins import ENTRY_POINT_GROUP, PluginError, load_plugin, plugin_entry_points
+from .protocol import ProblemError, ProblemProtocol, check_problem, materialize
 from .logistic import DEFAULT_LAMBDA, LogisticOracle, logistic_fun, logistic_oracle, solution
 from .mlp import ACTIVATIONS, MLPOracle, layer_shapes, mlp_logits, mlp_loss, param_count
 from .toy import TOY_SIZES, toy_data, toy_fun, toy_oracle
@@ -128,28 +137,46 @@ def _logistic_problem(dtype: torch.dtype, device: torch.device) -> Problem:
                      "minimiser from sqn_ray.problems.logistic.solution()"))
 
 
-def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Problem:
-    """Build a problem of the library.
+def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
+                problems: dict | None = None) -> Problem:
+    """Build a problem: of the library, of an installed plugin, or one handed over in ``problems``.
 
     Args:
-        name: one of :data:`PROBLEMS`.
+        name: one of :func:`problem_names` (``problems``' names included).
         dtype: ``torch.float64`` or ``torch.float32``: what the oracle computes in.
         device: where its data and computations live (``"cpu"``, ``"cuda"``, ``"cuda:0"``, ...).
+        problems: name -> problem or recipe (``build(dtype=..., device=...)``, e.g. a ModuleProblem) defined by
+            the caller (a notebook); these names come first.
 
     Returns:
-        The :class:`Problem` (an :class:`~sqn_ray.problems.mnist.MNISTProblem` for the MNIST and
-        Fashion-MNIST names).
+        The problem: a :class:`Problem` (an :class:`~sqn_ray.problems.mnist.MNISTProblem` for the MNIST and
+        Fashion-MNIST names), or what the plugin or ``problems`` provides, checked against
+        :class:`~sqn_ray.problems.protocol.ProblemProtocol`.
 
     Raises:
-        ValueError: for a name not in :data:`PROBLEMS` or an unsupported dtype.
-        DataNotFetchedError: (:mod:`sqn_ray.data`; a ValueError) for an MNIST or Fashion-MNIST problem whose data is not
-            in the local cache; the message says which ``sqn-ray data fetch`` command to run.
+        ValueError: for an unknown name (the message lists the valid ones) or an unsupported dtype.
+        PluginError: (a ProblemError, a ValueError) a plugin that cannot be imported, called or checked; the
+            message names its entry point and package.
+        DataNotFetchedError: (:mod:`sqn_ray.data`; a ValueError) for an MNIST or Fashion-MNIST problem whose data
+            is not in the local cache; the message says which ``sqn-ray data fetch`` command to run.
     """
-    if name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(PROBLEMS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
     device = torch.device(device)
+    if problems and name in problems:
+        return materialize(problems[name], name, dtype=dtype, device=device)
+    if name not in PROBLEMS:
+        plugins = plugin_entry_points(PROBLEMS)
+        if name in plugins:
+            from .plugins import describe
+
+            try:
+                return materialize(load_plugin(plugins[name]), name, dtype=dtype, device=device)
+            except PluginError:
+                raise
+            except ProblemError as e:
+                raise PluginError(f"problem plugin {describe(plugins[name])}: {e}") from e
+        raise ValueError(f"unknown problem {name!r}; valid names: {', '.join(problem_names(problems))}")
     if name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS:
         from .mnist import make_mnist_problem  # imported here: mnist.py builds on this module's Problem
 
@@ -159,16 +186,34 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
     return _toy_problem(name, name.removeprefix("toy-"), dtype, device)
 
 
-def problem_dim(name: str) -> int | None:
-    """d of a problem without building it (no data is loaded).
+def problem_names(problems: dict | None = None) -> tuple[str, ...]:
+    """Every problem name a study may use: the library's (:data:`PROBLEMS`), then the installed plugins' (sorted),
+    then ``problems``' own (a notebook's). Nothing is imported: plugins are listed by their entry points.
+
+    Args:
+        problems: name -> problem or recipe handed over by the caller, or None.
+
+    Returns:
+        The names, each once, in that order.
+    """
+    names = dict.fromkeys([*PROBLEMS, *plugin_entry_points(PROBLEMS), *(problems or {})])
+    return tuple(names)
+
+
+def problem_dim(name: str, problems: dict | None = None) -> int | None:
+    """d of a problem without building it (no data is loaded, no plugin imported).
 
     Args:
         name: a problem name.
+        problems: name -> problem or recipe handed over by the caller: its ``dim`` attribute, where it has one.
 
     Returns:
         Its number of parameters, or None where only building it tells (``logistic``: d follows from its data
         set) or for a name that is not a toy or MNIST problem.
     """
+    if problems and name in problems:
+        dim = getattr(problems[name], "dim", None)
+        return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
     if name.startswith("toy-") and name.removeprefix("toy-") in TOY_SIZES:
         return param_count(TOY_SIZES[name.removeprefix("toy-")])
     if name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS:
@@ -179,6 +224,8 @@ def problem_dim(name: str) -> int | None:
 
 
 __all__ = ["PROBLEMS", "MNIST_PROBLEMS", "FASHION_MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim",
+           "problem_names", "ModuleProblem", "ProblemProtocol", "ProblemError", "PluginError", "check_problem",
+           "materialize", "plugin_entry_points", "load_plugin", "ENTRY_POINT_GROUP",
            "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

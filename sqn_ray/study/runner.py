@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Mapping, TextIO
 
 from ray import tune
 
@@ -34,7 +34,7 @@ from .progress import ProgressTable
 from .results import PARTS, ResultStore, variant_label
 from .outdir import STATE_FILE, StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
 from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
-from .spec import StudySpec
+from .spec import StudySpec, StudySpecError
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
 __all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "shutdown_ray", "DEFAULT_OUT_ROOT"]
@@ -251,26 +251,51 @@ def worker_death_text(ray_text: str, info: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------- runner
-def _cpu_problems(study: StudySpec) -> dict:
+def _cpu_problems(study: StudySpec, problems: Mapping | None = None) -> dict:
     """The study's problems built once here, shipped to the trial actors through the object store, for
-    trials that run on the CPU (a GPU trial builds its problem on its device)."""
+    trials that run on the CPU (a GPU trial builds its problem on its device, from the same ``problems``)."""
     if study.resources["gpu"] > 0 and study.device != "cpu":
         return {}
     import torch
 
     from sqn_ray.problems import get_problem
 
-    return {name: get_problem(name, dtype=getattr(torch, study.dtype), device="cpu") for name in study.problems}
+    return {name: get_problem(name, dtype=getattr(torch, study.dtype), device="cpu", problems=problems)
+            for name in study.problems}
 
 
-def run_study(study: StudySpec, out_dir: str | Path | None = None, *, address: str | None = None,
-              resume: bool = False, progress: bool = True, num_cpus: int | None = None,
-              num_gpus: int | None = None, stream: TextIO | None = None) -> StudyOutcome:
+def _as_study(study: StudySpec | Mapping | str | Path, problems: Mapping | None) -> StudySpec:
+    """A validated study from a StudySpec, a mapping (a notebook's study) or a study file's path; the problems
+    it names must be the library's, installed plugins' or in ``problems``."""
+    from sqn_ray.problems import problem_names
+
+    from .spec import load_study_spec, parse_study
+
+    if isinstance(study, StudySpec):
+        known = problem_names(problems)
+        unknown = [p for p in study.problems if p not in known]
+        if unknown:
+            raise StudySpecError(f"{study.source}: problems: {unknown} are not known here; valid names: "
+                                 f"{', '.join(known)} (pass a notebook's problems as run_study(..., problems=...))",
+                                 option="problems", value=unknown, allowed=known)
+        return study
+    if isinstance(study, Mapping):
+        return parse_study(study, source="<study>", problems=problems)
+    if isinstance(study, (str, Path)):
+        return load_study_spec(study, problems=problems)
+    raise TypeError(f"study must be a StudySpec, a mapping or a study file's path, got {type(study).__name__}")
+
+
+def run_study(study: StudySpec | Mapping | str | Path, out_dir: str | Path | None = None, *,
+              address: str | None = None, resume: bool = False, progress: bool = True, num_cpus: int | None = None,
+              num_gpus: int | None = None, stream: TextIO | None = None,
+              problems: Mapping | None = None) -> StudyOutcome:
     """Run (or, with ``resume``, continue) ``study`` on Ray Tune, writing ``out_dir/iterations.parquet`` and
     ``out_dir/trials.parquet``. What ``sqn-ray study run`` calls.
 
     Args:
-        study: the validated study (:func:`~sqn_ray.study.spec.load_study_spec`).
+        study: the validated study (:func:`~sqn_ray.study.spec.load_study_spec`), or a study as a mapping (what
+            a study file holds, e.g. written in a notebook) or a study file's path, validated here.
         out_dir: the output folder, created if needed and locked for this driver; default
             ``results/<study name>`` (relative to the working directory).
         address: a Ray cluster to join (or the RAY_ADDRESS environment variable); None starts an embedded
@@ -280,6 +305,9 @@ def run_study(study: StudySpec, out_dir: str | Path | None = None, *, address: s
         progress: draw the live progress table.
         num_cpus, num_gpus: the resources of an embedded Ray (None: Ray's own detection).
         stream: where the progress table and notes go (default ``sys.stderr``).
+        problems: name -> problem or recipe (e.g. :class:`~sqn_ray.problems.ModuleProblem`) defined by the
+            caller, which the study may name; shipped to the trials (it must pickle, as cloudpickle does a
+            notebook's classes and lambdas).
 
     Returns:
         A :class:`StudyOutcome`: the folder, the Parquet paths, the trial counts by status, whether it was
@@ -291,13 +319,15 @@ def run_study(study: StudySpec, out_dir: str | Path | None = None, *, address: s
             False, it holds a different study definition (another fingerprint), or it holds results without
             their study record. Errors of Ray or Tune themselves propagate as they are.
     """
+    study = _as_study(study, problems)
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_ROOT / study.name).resolve()
     with open_output_folder(out):
         return _run_in(out, study, address=address, resume=resume, progress=progress, num_cpus=num_cpus,
-                       num_gpus=num_gpus, stream=stream)
+                       num_gpus=num_gpus, stream=stream, problems=dict(problems or {}))
 
 
-def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream) -> StudyOutcome:
+def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream,
+            problems: dict) -> StudyOutcome:
     t_begin = time.monotonic()
     say = stream or sys.stderr
     tune_root = out / TUNE_DIR
@@ -347,7 +377,8 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
                     "accuracy_every": study.accuracy_every, "report_interval": study.report_interval,
                     "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid}
         trainable = tune.with_resources(
-            tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded, problems=_cpu_problems(study)),
+            tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded,
+                                 problems=_cpu_problems(study, problems), recipes=problems),
             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
         tuner = None
         if restore:

@@ -259,7 +259,8 @@ class StudySpec:
     Attributes:
         name: the study's name (the file stem unless given): letters, digits, ``_``, ``.``, ``-``.
         description: free text ("" when absent).
-        problems: problem names (of ``sqn_ray.problems.PROBLEMS``).
+        problems: problem names (of ``sqn_ray.problems.problem_names()``: the library's, installed plugins',
+            or a notebook's).
         methods: method -> option name -> its axis: a tuple of grid values, or a :class:`Distribution`
             (only with random/optuna search); shared ``options:`` are merged in where the method takes them.
         seeds: the seeds; every cell with seed s starts from ``problem.init(s)`` and passes ``seed=s``.
@@ -379,13 +380,15 @@ class StudySpec:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_study_spec(path: str | Path, *, smoke: bool = False) -> StudySpec:
+def load_study_spec(path: str | Path, *, smoke: bool = False, problems: Mapping | None = None) -> StudySpec:
     """Read and validate a study file (the layout: this module's docstring).
 
     Args:
         path: the YAML file; its stem is the study's default name.
         smoke: apply the file's ``smoke:`` overrides (without one: 1 seed, 10 iterations, 30 s; 2 samples for
             a random/optuna search), for ``--smoke``.
+        problems: name -> problem or recipe defined by the caller (a notebook), which the study may name
+            besides the library's and the installed plugins' problems.
 
     Returns:
         The validated :class:`StudySpec`, with ``source`` the path and ``text`` the file's text.
@@ -396,7 +399,7 @@ def load_study_spec(path: str | Path, *, smoke: bool = False) -> StudySpec:
             ``option``, ``value``, ``allowed``.
     """
     data, text = read_yaml_file(path)
-    return parse_study(data, source=str(path), smoke=smoke, text=text)
+    return parse_study(data, source=str(path), smoke=smoke, text=text, problems=problems)
 
 
 # the earlier names, kept for notebooks and scripts (analysis.load has a StudyResults / load_results of its own)
@@ -513,7 +516,8 @@ def _expanded_size(root, limit: int) -> int:
     return sizes[id(root)]
 
 
-def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "") -> StudySpec:
+def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text: str = "",
+                problems: Mapping | None = None) -> StudySpec:
     """Validate an already loaded study mapping (see the module docstring for the layout).
 
     Args:
@@ -522,6 +526,7 @@ def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text
             ``"<study>"``).
         smoke: apply its ``smoke:`` overrides (or the default shrink), as :func:`load_study_spec`.
         text: the file's text, kept as ``StudySpec.text`` (stored with the results).
+        problems: name -> problem or recipe defined by the caller, as in :func:`load_study_spec`.
 
     Returns:
         The validated :class:`StudySpec`.
@@ -531,7 +536,7 @@ def parse_study(data: Any, *, source: str = "<study>", smoke: bool = False, text
             study with no trials or more than :data:`MAX_TRIALS`; the message names the source, the field path
             and the allowed values.
     """
-    return _Parser(source).parse(data, smoke=smoke, text=text)
+    return _Parser(source, problems).parse(data, smoke=smoke, text=text)
 
 
 def deep_merge(base: dict, over: Mapping) -> dict:
@@ -567,8 +572,9 @@ def _fmt(values: Iterable) -> str:
 
 
 class _Parser:
-    def __init__(self, source: str):
+    def __init__(self, source: str, problems: Mapping | None = None):
         self.source = source
+        self.extra_problems = dict(problems or {})
         self.suffix = ""
         self.shared_axes: dict = {}
 
@@ -653,7 +659,9 @@ class _Parser:
     # -- the study ---------------------------------------------------------------------------------
     def parse(self, data, *, smoke: bool, text: str) -> StudySpec:
         import sqn_ray
-        from sqn_ray.problems import PROBLEMS
+        from sqn_ray.problems import problem_names
+
+        known = problem_names(self.extra_problems)  # the library's, the installed plugins', the caller's
 
         if data is None:
             self.fail("(top level)", "the study file is empty")
@@ -684,8 +692,8 @@ class _Parser:
                                      f"{MAX_DESCRIPTION_CHARS:,} (it is stored in every results file)")
 
         if "problems" not in spec:
-            self.fail("problems", "missing (which problems to run)", PROBLEMS)
-        problems = self.str_list(spec["problems"], "problems", tuple(PROBLEMS))
+            self.fail("problems", "missing (which problems to run)", known)
+        problems = self.str_list(spec["problems"], "problems", known)
 
         search = self.mapping(spec.get("search"), "search", SEARCH_KEYS)
         algorithm = self.choice(search.get("algorithm", "grid"), "search.algorithm", SEARCH_ALGORITHMS)
@@ -768,7 +776,7 @@ class _Parser:
         quasi-Newton model has use for more than d pairs (they cannot be linearly independent)."""
         from sqn_ray.problems import problem_dim
 
-        dims = {p: d for p in problems if (d := problem_dim(p)) is not None}
+        dims = {p: d for p in problems if (d := problem_dim(p, self.extra_problems)) is not None}
         for method, axes in methods.items():
             axis = axes.get("memory")
             if axis is None or not dims:

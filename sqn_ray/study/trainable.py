@@ -99,11 +99,13 @@ class _Stop(Exception):
 class StudyTrainable(tune.Trainable):
     """See the module docstring. ``settings`` is the study's run settings (a small dict), ``recorded`` the
     finished trials of an interrupted run (trial id -> cell key and summary), which replay instantly,
-    ``problems`` CPU problems built on the driver (name -> Problem)."""
+    ``problems`` CPU problems built on the driver (name -> Problem), ``recipes`` the problems (or recipes) a
+    notebook handed to ``run_study``, from which the other trials build theirs on their device."""
 
-    def setup(self, config, settings=None, recorded=None, problems=None):
+    def setup(self, config, settings=None, recorded=None, problems=None, recipes=None):
         self._settings = settings
         self._recorded = recorded or {}
+        self._recipes = dict(recipes or {})
         # problems built once on the driver and shipped through the object store (CPU trials); others are
         # built here, once per actor
         self._problems: dict[tuple, Any] = {(name, settings["dtype"], "cpu"): p for name, p in (problems or {}).items()}
@@ -212,7 +214,7 @@ class StudyTrainable(tune.Trainable):
 
         key = (name, str(dtype).removeprefix("torch."), device)
         if key not in self._problems:
-            self._problems[key] = get_problem(name, dtype=dtype, device=device)
+            self._problems[key] = get_problem(name, dtype=dtype, device=device, problems=self._recipes)
         return self._problems[key]
 
     def _emit_chunk(self) -> None:
