@@ -49,7 +49,8 @@ def make_record(iteration: int, loss: float, grad_norm: float, counters, fields:
             "wall_time": time.perf_counter() - start}
 
 
-def as_objective(fun, w0: torch.Tensor, *, hvp_backend: str = "auto", grads_backend: str = "auto") -> Objective:
+def as_objective(fun, w0: torch.Tensor, *, hvp_backend: str = "auto", grads_backend: str = "auto",
+                 max_hvp_batch: int | str = "auto") -> Objective:
     """An :class:`Objective` for a callable, an Oracle (has ``loss_and_grad``) or an Objective (fresh counters)."""
     if isinstance(fun, Objective):
         return Objective(fun.oracle, batch_fraction=fun.batch_fraction)
@@ -58,7 +59,8 @@ def as_objective(fun, w0: torch.Tensor, *, hvp_backend: str = "auto", grads_back
         return Objective(fun, batch_fraction=getattr(fun, "batch_fraction", 1.0))
     if callable(fun):
         return Objective(AutogradOracle(fun, w0.numel(), w0.dtype, w0.device,
-                                        hvp_backend=hvp_backend, grads_backend=grads_backend))
+                                        hvp_backend=hvp_backend, grads_backend=grads_backend,
+                                        max_hvp_batch=max_hvp_batch))
     raise TypeError(f"fun must be a callable w -> scalar tensor, an Oracle or an Objective, got {type(fun).__name__}")
 
 
@@ -80,7 +82,8 @@ def check_w0(w0, objective: Objective | None = None) -> None:
 
 def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_iters: int = 1000,
              callback: Callable | None = None, gtol: float = 1e-8, hvp_backend: str = "auto",
-             grads_backend: str = "auto", state: dict | None = None, **options) -> MinimizeResult:
+             grads_backend: str = "auto", max_hvp_batch: int | str = "auto", state: dict | None = None,
+             **options) -> MinimizeResult:
     """Minimise F from ``w0`` with a registered method, or continue a saved run from its ``state``.
 
     Args:
@@ -96,6 +99,8 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
         gtol: stop with status ``"converged"`` once ‖∇F‖ ≤ gtol.
         hvp_backend, grads_backend: Option II / Option I backends of the autograd oracle for a callable ``fun``
             (``"auto"`` probes once; fix one for runs that must continue bit-identically across calls).
+        max_hvp_batch: the most vectors (points) one batched call of the autograd oracle takes, a larger
+            block is chunked; ``"auto"`` (default): what fits in the device's free memory (see AutogradOracle).
         state: ``result.state`` of an earlier call (possibly through ``torch.save``/``torch.load``): the run
             continues from that iterate with the method's whole memory (pairs, dense matrix, Adam moments,
             generator, trust radius, step size) and its counters and wall time, without re-evaluating it.
@@ -136,7 +141,8 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
             raise ValueError("w0 differs from the iterate the state was saved at; pass w0=None to continue it")
         w0 = saved_w
     check_w0(w0)
-    objective = as_objective(fun, w0, hvp_backend=hvp_backend, grads_backend=grads_backend)
+    objective = as_objective(fun, w0, hvp_backend=hvp_backend, grads_backend=grads_backend,
+                             max_hvp_batch=max_hvp_batch)
     check_w0(w0, objective)
     runner = spec.build(opts, objective)
     resumed = None

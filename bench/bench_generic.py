@@ -1,0 +1,206 @@
+"""The generic oracle (:class:`~sqn_ray.objective.AutogradOracle` on a user's ``fun(w)``), side by side with the
+hand-batched toy oracle, in units of ONE autograd loss+gradient of the same ``fun`` in the same process.
+
+(a) Whole run, Option II: ``minimize(fun, w0, "s-lsr1", memory=16, sampling="hvp", max_iters=60)`` wall time
+    (probes and set-up included) / its iterations / one gradient, on the toy large net (d = 908, float32)
+    written as a user writes it (slices of w into weight matrices, ``a @ W + b``, ``torch.sigmoid``,
+    ``F.cross_entropy``), the same net as an ``nn.Module`` through ``module_objective_fun``, and the
+    hand-batched oracle ``get_problem("toy-large", dtype=torch.float32).oracle``; one row per HVP backend.
+(b) Per HVP on the 784-100-10 sigmoid MLP as an ``nn.Module`` (random data, n = 10,000, float32, m = 16):
+    (gradient + 16 HVPs at a new point − one gradient) / 16 / one gradient, one row per backend.
+(c) Whole run, Option I (``sampling="grad-diff"``) as in (a), one row per ``grads_backend``.
+
+Each figure is the median over seeds/rounds; gradients are timed around every run, so machine noise hits both.
+
+    python bench/bench_generic.py            # all three (a few minutes on 2 cores)
+    python bench/bench_generic.py --quick    # fewer seeds and rounds
+    python bench/bench_generic.py --only a   # one part (a, b or c)
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sqn_ray import minimize, module_objective_fun
+from sqn_ray.objective import FUNCTION_HVP_BACKENDS, AutogradOracle
+from sqn_ray.problems import get_problem
+from sqn_ray.problems.mlp import MLPOracle
+from sqn_ray.problems.toy import toy_data, toy_sizes
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``repeats`` synchronised calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gradient_call(fun, w):
+    """One autograd loss + gradient of ``fun`` at w (the unit)."""
+    def call():
+        x = w.detach().requires_grad_(True)
+        torch.autograd.grad(fun(x), x)
+    return call
+
+
+# ----------------------------------------------------------------------------------------------- models
+def user_toy_fun(dtype, device="cpu"):
+    """The toy large net as a user writes it: slices of w, ``a @ W + b``, sigmoid, cross-entropy."""
+    X, labels = toy_data(dtype, device)
+    sizes = toy_sizes("large")
+
+    def fun(w):
+        a, i = X, 0
+        for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = w[i:i + p * q].view(p, q)
+            b = w[i + p * q:i + p * q + q]
+            i += (p + 1) * q
+            a = a @ W + b
+            if layer < len(sizes) - 2:
+                a = torch.sigmoid(a)
+        return F.cross_entropy(a, labels)
+    return fun
+
+
+def sigmoid_net(sizes) -> torch.nn.Sequential:
+    layers = []
+    for p, q in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(p, q), torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def module_toy_fun(dtype, device="cpu"):
+    X, labels = toy_data(dtype, device)
+    net = sigmoid_net(toy_sizes("large")).to(dtype=dtype, device=device)
+    return module_objective_fun(net, F.cross_entropy, X, labels)[0]
+
+
+# --------------------------------------------------------------------------------------------- (a), (c)
+def whole_run(fun, unit_fun, w0, sampling: str, iters: int, device, **backend) -> tuple[float, float, int]:
+    """(seconds per iteration of one whole minimize call of ``fun``, seconds per gradient of ``unit_fun``
+    around it, iterations)."""
+    grad = gradient_call(unit_fun, w0)
+    before = seconds(grad, device, 15)
+    sync(device)
+    t0 = time.perf_counter()
+    result = minimize(fun, w0, "s-lsr1", memory=16, sampling=sampling, max_iters=iters, **backend)
+    sync(device)
+    run = time.perf_counter() - t0
+    after = seconds(grad, device, 15)
+    return run / max(result.nit, 1), statistics.median([before, after]), result.nit
+
+
+def part_whole_run(sampling: str, backends: list[str], seeds: int, iters: int, device) -> None:
+    dtype = torch.float32
+    problem = get_problem("toy-large", dtype=dtype, device=device)
+    user, module = user_toy_fun(dtype, device), module_toy_fun(dtype, device)
+    key = "hvp_backend" if sampling == "hvp" else "grads_backend"
+    # (name, what minimize gets, the fun whose gradient is the unit, backend keyword); the hand-batched oracle's
+    # unit is the user-style fun of the same F
+    rows = [("hand-batched oracle", problem.oracle, user, {})]
+    rows += [(f"user fun, {key}={b}", user, user, {key: b}) for b in backends]
+    rows += [(f"nn.Module, {key}=auto", module, module, {key: "auto"})]
+    for _ in range(2):  # warm-up: first-call costs of the library, not of a run
+        minimize(user, problem.init(0), "s-lsr1", memory=16, sampling=sampling, max_iters=3)
+    print(f"\n({'a' if sampling == 'hvp' else 'c'}) whole S-LSR1 run, m = 16, sampling={sampling!r}, "
+          f"{iters} iterations, toy large d = {problem.dim}, float32, {torch.get_num_threads()} thread(s); "
+          f"median over {seeds} seeds")
+    print(f"| {'case':40s} | iteration / gradient | gradient ms | iterations |")
+    print(f"|{'-' * 42}|---------------------:|------------:|-----------:|")
+    for name, fun, unit_fun, kw in rows:
+        ratios, grad_ms, nits = [], [], []
+        for seed in range(seeds):
+            per_iter, grad, nit = whole_run(fun, unit_fun, problem.init(seed), sampling, iters, device, **kw)
+            ratios.append(per_iter / grad)
+            grad_ms.append(1e3 * grad)
+            nits.append(nit)
+        print(f"| {name:40s} | {statistics.median(ratios):20.2f} | {statistics.median(grad_ms):11.3f} | "
+              f"{statistics.median(nits):10.0f} |", flush=True)
+
+
+# -------------------------------------------------------------------------------------------------- (b)
+def part_per_hvp(backends: list[str], rounds: int, n: int, m: int, device) -> None:
+    dtype = torch.float32
+    sizes = (784, 100, 10)
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(n, 784, generator=gen).to(device)
+    labels = torch.randint(0, 10, (n,), generator=gen).to(device)
+    torch.manual_seed(0)
+    net = sigmoid_net(sizes).to(device)
+    fun, w = module_objective_fun(net, F.cross_entropy, X, labels)
+    d = w.numel()
+    V = torch.randn(d, m, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    points = [w.clone(), w.clone()]
+    state = {"i": 0}
+
+    def fresh():  # a point the oracle did not see last call (so no cache serves it)
+        state["i"] ^= 1
+        return points[state["i"]]
+
+    def grad_hvps(oracle):
+        def call():
+            x = fresh()
+            oracle.loss_and_grad(x)
+            oracle.hvps(x, V)
+        return call
+
+    oracles = {f"nn.Module, hvp_backend={b}": AutogradOracle(fun, d, dtype, device, hvp_backend=b) for b in backends}
+    oracles["hand-batched MLPOracle (flat layout)"] = MLPOracle(sizes, "sigmoid", X, labels, dtype, device)
+    unit = gradient_call(fun, w)
+    for oracle in oracles.values():  # warm-up (and 'auto' probes) outside the timings
+        grad_hvps(oracle)()
+    ratios = {name: [] for name in oracles}
+    base = []
+    for _ in range(rounds):
+        g = seconds(unit, device, 3)
+        base.append(g)
+        for name, oracle in oracles.items():
+            ratios[name].append((seconds(grad_hvps(oracle), device, 2) - g) / m / g)
+    print(f"\n(b) per HVP, 784-100-10 sigmoid MLP as nn.Module, n = {n}, d = {d}, m = {m}, float32, "
+          f"{torch.get_num_threads()} thread(s); (gradient + {m} HVPs − gradient) / {m} / gradient, "
+          f"median of {rounds} rounds; gradient = {1e3 * statistics.median(base):.1f} ms")
+    print(f"| {'case':44s} | per HVP | picked |")
+    print(f"|{'-' * 46}|--------:|--------|")
+    for name, oracle in oracles.items():
+        picked = getattr(oracle, "hvp_backend", "-")
+        print(f"| {name:44s} | {statistics.median(ratios[name]):7.2f} | {picked} |", flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer seeds and rounds")
+    ap.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--mlp-n", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    parts = args.only or ["a", "b", "c"]
+    backends = list(FUNCTION_HVP_BACKENDS)
+    print(f"torch {torch.__version__}, device {device}")
+    if "a" in parts:
+        part_whole_run("hvp", backends, 3 if args.quick else 5, args.iters, device)
+    if "b" in parts:
+        part_per_hvp([b for b in backends if b != "auto"] + ["auto"], 3 if args.quick else 5, args.mlp_n, 16, device)
+    if "c" in parts:
+        part_whole_run("grad-diff", ["auto", "vmap", "loop"], 3 if args.quick else 5, args.iters, device)
+
+
+if __name__ == "__main__":
+    main()
