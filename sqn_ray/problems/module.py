@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..objective import GRADS_BACKENDS, HVP_BACKENDS, AutogradOracle, module_objective_fun
+from ..objective import FUNCTION_HVP_BACKENDS, GRADS_BACKENDS, AutogradOracle, check_max_batch, module_objective_fun
+from ..options import OptionError
 from .batches import SubsampledOracle
 from .protocol import ProblemError
 
@@ -111,6 +112,8 @@ class ModuleProblem:
         description: one line for ``sqn-ray problems`` (default: the model's class, d, n and the loss).
         dtype, device: what the oracle computes in and on (``build`` changes them).
         hvp_backend, grads_backend: the AutogradOracle backends (``"auto"``: probed once per problem).
+        max_hvp_batch: the most vectors one batched HVP (or Option I gradient) call takes (``"auto"``: what fits
+            in memory, from the size of the gradient's graph; see :class:`~sqn_ray.objective.AutogradOracle`).
 
     Attributes:
         name, dim, n_samples, dtype, device, oracle, target_accuracy, description: as in
@@ -125,11 +128,13 @@ class ModuleProblem:
                  targets: Any = None, *, test: Any = None, batch_size: int | None = None,
                  curvature_batch_size: int | None = None, target_accuracy: float | None = None,
                  accuracy: Any = "auto", description: str | None = None, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", hvp_backend: str = "auto", grads_backend: str = "auto"):
+                 device: torch.device | str = "cpu", hvp_backend: str = "auto", grads_backend: str = "auto",
+                 max_hvp_batch: int | str = "auto"):
         self._recipe = dict(name=name, model=model, loss_fn=loss_fn, inputs=inputs, targets=targets, test=test,
                             batch_size=batch_size, curvature_batch_size=curvature_batch_size,
                             target_accuracy=target_accuracy, accuracy=accuracy, description=description,
-                            dtype=dtype, device=device, hvp_backend=hvp_backend, grads_backend=grads_backend)
+                            dtype=dtype, device=device, hvp_backend=hvp_backend, grads_backend=grads_backend,
+                            max_hvp_batch=max_hvp_batch)
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ProblemError(f"name must be letters, digits, '_', '.', '-' (not starting with one of the last "
                                f"three), got {name!r}")
@@ -141,7 +146,7 @@ class ModuleProblem:
             raise ProblemError(f"{what}: loss_fn must be callable (outputs, targets) -> scalar, got {loss_fn!r}")
         if dtype not in (torch.float32, torch.float64):
             raise ProblemError(f"{what}: dtype must be torch.float32 or torch.float64, got {dtype!r}")
-        for option, value, allowed in (("hvp_backend", hvp_backend, HVP_BACKENDS),
+        for option, value, allowed in (("hvp_backend", hvp_backend, FUNCTION_HVP_BACKENDS),
                                        ("grads_backend", grads_backend, GRADS_BACKENDS)):
             if value not in allowed:
                 raise ProblemError(f"{what}: {option}={value!r} is not one of {allowed}")
@@ -152,6 +157,10 @@ class ModuleProblem:
         if not (accuracy in (None, "auto") or callable(accuracy)):
             raise ProblemError(f"{what}: accuracy must be 'auto', None or a callable (outputs, targets) -> float, "
                                f"got {accuracy!r}")
+        try:
+            check_max_batch("max_hvp_batch", max_hvp_batch)
+        except OptionError as e:
+            raise ProblemError(f"{what}: {e}") from None
         self.name, self.dtype, self.device = name, dtype, torch.device(device)
         X, y = _as_tensors(inputs, targets, f"{what}: training data")
         self._X, self._y = _cast(X, dtype, self.device), _cast(y, dtype, self.device)
@@ -187,15 +196,17 @@ class ModuleProblem:
         self.target_accuracy = None if target_accuracy is None else float(target_accuracy)
         self.fun = module_objective_fun(self._module, loss_fn, self._X, self._y)[0]
         backends = {"hvp_backend": hvp_backend, "grads_backend": grads_backend}
+        batching_limit = {"max_hvp_batch": max_hvp_batch}
         if batch_size is None:
-            self.oracle = AutogradOracle(self.fun, self.dim, dtype, self.device, **backends)
+            self.oracle = AutogradOracle(self.fun, self.dim, dtype, self.device, **backends, **batching_limit)
         else:
             shared = dict(backends)
 
             def make(idx: torch.Tensor):
                 idx = idx.to(self.device)
                 fun = module_objective_fun(self._module, loss_fn, self._X[idx], self._y[idx])[0]
-                return _SharedBackends(AutogradOracle(fun, self.dim, dtype, self.device, **shared), shared)
+                return _SharedBackends(AutogradOracle(fun, self.dim, dtype, self.device, **shared, **batching_limit),
+                                       shared)
 
             self.oracle = SubsampledOracle(make, self.n_samples, batch_size, dim=self.dim, dtype=dtype,
                                            device=self.device, curvature_batch_size=curvature_batch_size)

@@ -117,7 +117,8 @@ def test_minibatches_move_on_at_accepted_iterates_and_runs_continue_from_their_s
 
 @pytest.mark.parametrize("method", ["s-lsr1", "s-lbfgs", "lbfgs", "adam"])
 def test_every_method_runs_on_it(method):
-    p = problem(dtype=torch.float32)
+    """(with HVPs in blocks of at most 3 vectors: the chunked batched path)"""
+    p = problem(dtype=torch.float32, max_hvp_batch=3)
     res = sqn_ray.minimize(p.oracle, p.init(0), method, max_iters=5)
     assert res.status == "max_iters" and res.history.loss.iloc[-1] < res.history.loss.iloc[0]
 
@@ -136,6 +137,7 @@ def test_every_method_runs_on_it(method):
     ({"test": (torch.zeros(2, 5),)}, "test must be an \\(inputs, targets\\) pair"),
     ({"hvp_backend": "fast"}, "hvp_backend='fast' is not one of"),
     ({"accuracy": "top5"}, "accuracy must be 'auto', None or a callable"),
+    ({"max_hvp_batch": 0}, "max_hvp_batch"),
 ])
 def test_bad_input_is_refused_with_the_argument_named(kwargs, message):
     X, y = data()
