@@ -46,7 +46,7 @@ def _overview(study: StudyResults) -> list[Finding]:
                       if s in counts)
     text = (f"{len(t)} trials ({parts}) of {len(study.configs)} configurations on "
             f"{', '.join(study.problems)}; {t['seed'].nunique()} seed(s) per configuration")
-    out = [Finding("StudyResults", text + ".")]
+    out = [Finding("Study", text + ".")]
     if study.running:
         out.append(Finding("Partial", f"{study.running} trial(s) have no final status yet (the study is running or "
                                       "was interrupted); every figure shows the rows written so far."))

@@ -101,6 +101,7 @@ def test_changing_the_data_changes_the_numbers(study_dir, tmp_path, copy_study):
     assert np.allclose(eb["λ_min"], 2 * ea["λ_min"]) and np.allclose(eb["λ_max"], 2 * ea["λ_max"])
     fa, fb = [str(f) for f in findings(base)], [str(f) for f in findings(new)]
     assert fa != fb and any("Spectra" in x for x in set(fb) - set(fa))
+    assert fa[0].startswith("Study: ")  # the overview finding's topic, as the report prints it
     # the figures draw the data: the convergence figure's first loss curve is scaled too
     ya = F.convergence(base).axes[0].get_lines()[0].get_ydata()
     yb = F.convergence(new).axes[0].get_lines()[0].get_ydata()
