@@ -35,6 +35,19 @@ def _g(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+#: the most items a finding lists inline; the rest are counted and left to the table it names
+MAX_LISTED = 6
+
+
+def _listed(items: list[str], table: str, limit: int = MAX_LISTED) -> str:
+    """``a, b, c`` or, past ``limit`` items, the first ones and ``and N more (table: ...)``: a finding stays a
+    sentence at 1,000 configurations, the whole list is in the report's table."""
+    items = list(items)
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more (all in tables/{table}.csv)"
+
+
 def _frac(k: int, n: int) -> str:
     return f"{k}/{n} ({100.0 * k / n:.0f} %)" if n else "0/0"
 
@@ -82,7 +95,7 @@ def _per_problem(study: StudyResults) -> list[Finding]:
                          f"({_g(cheap['median grad-eq to target'])} gradient-equivalents)")
         never = list(s.loc[s["solved"] == 0, "config"])
         if never:
-            text += f"; never reached it: {', '.join(never)}"
+            text += f"; never reached it: {_listed(never, 'summary')}"
         out.append(Finding(problem, text + "."))
     return out
 
@@ -137,7 +150,7 @@ def _plateau(study: StudyResults) -> list[Finding]:
              + (f" on {r['problem']}" if len(study.problems) > 1 else "")
              for _, r in hits.iterrows()]
     return [Finding("Saddle plateau", f"runs that ended on the plateau (final loss within 0.01 of ln 2 ≈ {LN2:.4f}, "
-                                      f"target not reached): {', '.join(parts)}.")]
+                                      f"target not reached): {_listed(parts, 'plateau')}.")]
 
 
 #: differences within this many units of round-off (machine epsilon, relative) over the first steps are round-off
@@ -207,8 +220,9 @@ def _cost(study: StudyResults) -> list[Finding]:
         t = th[th["problem"] == problem] if len(th) else th
         if len(t):
             size = study.problem_size(problem)
-            pairs = "; ".join(f"{r['config']} {_g(r['measured grad-eq / iteration'])} vs {_g(r['cost / nd'])}"
-                              for _, r in t.iterrows())
+            pairs = [f"{r['config']} {_g(r['measured grad-eq / iteration'])} vs {_g(r['cost / nd'])}"
+                     for _, r in t.iterrows()]
+            pairs = "; ".join(pairs) if len(pairs) <= MAX_LISTED else _listed(pairs, "cost_poster")
             text += (f". Measured gradient-equivalents per iteration vs the poster's cost / nd at n = {size['n']}, "
                      f"d = {size['d']} and the measured κ: {pairs}")
         out.append(Finding(f"Cost, {problem}", text + "."))

@@ -174,3 +174,13 @@ def test_option_ii_r_invariance_is_judged_against_round_off_before_it_is_claimed
     assert verdict in finding.text, finding.text
     if "up to round-off: over" in verdict:
         assert "part only from iteration" in finding.text and "not a dependence on r" in finding.text
+
+
+def test_a_finding_lists_a_few_items_and_counts_the_rest():
+    from analysis.findings import MAX_LISTED, _listed
+
+    few = [f"c{i}" for i in range(MAX_LISTED)]
+    assert _listed(few, "summary") == ", ".join(few)
+    many = [f"c{i}" for i in range(80)]
+    text = _listed(many, "plateau")
+    assert text == f"{', '.join(many[:MAX_LISTED])} and {80 - MAX_LISTED} more (all in tables/plateau.csv)"
