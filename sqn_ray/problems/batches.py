@@ -1,12 +1,15 @@
 """Sub-sampled objectives: F_B, the mean over a mini-batch B that moves on at every accepted iterate.
 
-Used by the MNIST ``-b<N>`` problems and by :class:`~sqn_ray.problems.ModuleProblem` with a ``batch_size``.
+Used by the MNIST ``-b<N>`` problems and by :class:`~sqn_ray.problems.ModuleProblem` with a ``batch_size``;
+:class:`SharedBackends` lets the oracles of one problem's batches (or chunks) share one backend probe.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
+
+from ..objective import AutogradOracle
 
 
 class SubsampledOracle:
@@ -102,3 +105,32 @@ class SubsampledOracle:
     def grads(self, W):
         self.samples_seen += self.batch_size * (W.shape[1] if W.dim() > 1 else 1)
         return self._current().grads(W)
+
+
+class SharedBackends:
+    """An AutogradOracle whose probed backends are kept in ``backends`` (a dict shared by the oracles of one problem:
+    its chunks or mini-batches), so that the timing probe runs once per problem, not once per chunk or batch."""
+
+    def __init__(self, oracle: AutogradOracle, backends: dict):
+        self._o, self._backends = oracle, backends
+        self.dim, self.dtype, self.device = oracle.dim, oracle.dtype, oracle.device
+
+    def loss(self, w):
+        return self._o.loss(w)
+
+    def loss_and_grad(self, w):
+        return self._o.loss_and_grad(w)
+
+    def hvps(self, w, V):
+        if self._o.hvp_backend == "auto":  # another chunk/batch may have probed already: take its choice
+            self._o.hvp_backend = self._backends["hvp_backend"]
+        out = self._o.hvps(w, V)
+        self._backends["hvp_backend"] = self._o.hvp_backend
+        return out
+
+    def grads(self, W):
+        if self._o.grads_backend == "auto":
+            self._o.grads_backend = self._backends["grads_backend"]
+        out = self._o.grads(W)
+        self._backends["grads_backend"] = self._o.grads_backend
+        return out

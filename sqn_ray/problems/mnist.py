@@ -45,6 +45,7 @@ from ..data import load as load_dataset
 from ..objective import AutogradOracle, module_objective_fun
 from . import Problem
 from .mlp import MLPOracle, mlp_logits, param_count
+from .batches import SharedBackends
 from .batches import SubsampledOracle  # noqa: F401 - its earlier home (the MNIST problems' batches)
 from .shards import Shard, chunked_oracle, shard_bounds
 
@@ -168,7 +169,7 @@ class _Model:
         if self.model == "mlp":
             return MLPOracle(MLP_SIZES, ACTIVATION, X, y, self.dtype, self.device)
         fun, _ = module_objective_fun(self.module, F.cross_entropy, X, y)
-        return _RememberBackends(AutogradOracle(fun, self.dim, self.dtype, self.device, **self.backends), self)
+        return SharedBackends(AutogradOracle(fun, self.dim, self.dtype, self.device, **self.backends), self.backends)
 
     def fun(self, X, y) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.model == "mlp":
@@ -195,34 +196,6 @@ class _Model:
             loss += float(F.cross_entropy(z, yy, reduction="sum"))
             correct += int((z.argmax(1) == yy).sum())
         return loss / len(y), correct / len(y)
-
-
-class _RememberBackends:
-    """Delegates to an AutogradOracle and records the backends its probes chose, for the next batch's oracle."""
-
-    def __init__(self, oracle: AutogradOracle, model: _Model):
-        self._o, self._m = oracle, model
-        self.dim, self.dtype, self.device = oracle.dim, oracle.dtype, oracle.device
-
-    def loss(self, w):
-        return self._o.loss(w)
-
-    def loss_and_grad(self, w):
-        return self._o.loss_and_grad(w)
-
-    def hvps(self, w, V):
-        if self._o.hvp_backend == "auto":  # another chunk/batch may have probed already: take its choice
-            self._o.hvp_backend = self._m.backends["hvp_backend"]
-        out = self._o.hvps(w, V)
-        self._m.backends["hvp_backend"] = self._o.hvp_backend
-        return out
-
-    def grads(self, W):
-        if self._o.grads_backend == "auto":
-            self._o.grads_backend = self._m.backends["grads_backend"]
-        out = self._o.grads(W)
-        self._m.backends["grads_backend"] = self._o.grads_backend
-        return out
 
 
 # -------------------------------------------------------------------------------------------- the problems

@@ -27,7 +27,7 @@ import torch
 
 from ..objective import FUNCTION_HVP_BACKENDS, GRADS_BACKENDS, AutogradOracle, check_max_batch, module_objective_fun
 from ..options import OptionError
-from .batches import SubsampledOracle
+from .batches import SharedBackends, SubsampledOracle
 from .protocol import ProblemError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -59,34 +59,6 @@ def _as_tensors(inputs, targets, what: str) -> tuple[torch.Tensor, torch.Tensor]
 def _cast(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Floating tensors to the problem's dtype, others (class labels) kept as they are; all to ``device``."""
     return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-
-
-class _SharedBackends:
-    """An AutogradOracle whose probed backends are remembered for the next mini-batch's oracle (probe once)."""
-
-    def __init__(self, oracle: AutogradOracle, backends: dict):
-        self._o, self._backends = oracle, backends
-        self.dim, self.dtype, self.device = oracle.dim, oracle.dtype, oracle.device
-
-    def loss(self, w):
-        return self._o.loss(w)
-
-    def loss_and_grad(self, w):
-        return self._o.loss_and_grad(w)
-
-    def hvps(self, w, V):
-        if self._o.hvp_backend == "auto":
-            self._o.hvp_backend = self._backends["hvp_backend"]
-        out = self._o.hvps(w, V)
-        self._backends["hvp_backend"] = self._o.hvp_backend
-        return out
-
-    def grads(self, W):
-        if self._o.grads_backend == "auto":
-            self._o.grads_backend = self._backends["grads_backend"]
-        out = self._o.grads(W)
-        self._backends["grads_backend"] = self._o.grads_backend
-        return out
 
 
 class ModuleProblem:
@@ -205,7 +177,7 @@ class ModuleProblem:
             def make(idx: torch.Tensor):
                 idx = idx.to(self.device)
                 fun = module_objective_fun(self._module, loss_fn, self._X[idx], self._y[idx])[0]
-                return _SharedBackends(AutogradOracle(fun, self.dim, dtype, self.device, **shared, **batching_limit),
+                return SharedBackends(AutogradOracle(fun, self.dim, dtype, self.device, **shared, **batching_limit),
                                        shared)
 
             self.oracle = SubsampledOracle(make, self.n_samples, batch_size, dim=self.dim, dtype=dtype,
