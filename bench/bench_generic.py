@@ -29,6 +29,7 @@ from sqn_ray import minimize, module_objective_fun
 from sqn_ray.objective import FUNCTION_HVP_BACKENDS, AutogradOracle
 from sqn_ray.problems import get_problem
 from sqn_ray.problems.mlp import MLPOracle
+from sqn_ray.problems.toy import toy_user_fun
 from sqn_ray.problems.toy import toy_data, toy_sizes
 
 
@@ -60,20 +61,7 @@ def gradient_call(fun, w):
 # ----------------------------------------------------------------------------------------------- models
 def user_toy_fun(dtype, device="cpu"):
     """The toy large net as a user writes it: slices of w, ``a @ W + b``, sigmoid, cross-entropy."""
-    X, labels = toy_data(dtype, device)
-    sizes = toy_sizes("large")
-
-    def fun(w):
-        a, i = X, 0
-        for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
-            W = w[i:i + p * q].view(p, q)
-            b = w[i + p * q:i + p * q + q]
-            i += (p + 1) * q
-            a = a @ W + b
-            if layer < len(sizes) - 2:
-                a = torch.sigmoid(a)
-        return F.cross_entropy(a, labels)
-    return fun
+    return toy_user_fun("large", dtype, device)
 
 
 def sigmoid_net(sizes) -> torch.nn.Sequential:

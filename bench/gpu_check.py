@@ -48,10 +48,10 @@ def _import_core():
         sys.modules["sqn_ray"] = package
     objective = importlib.import_module("sqn_ray.objective")
     registry = importlib.import_module("sqn_ray.optim.registry")
-    return objective, registry
+    return objective, registry, importlib.import_module("sqn_ray.problems.toy")
 
 
-objective_module, registry = _import_core()
+objective_module, registry, toy = _import_core()
 AutogradOracle, Objective = objective_module.AutogradOracle, objective_module.Objective
 module_objective_fun = objective_module.module_objective_fun
 
@@ -76,23 +76,9 @@ def seconds(fn, device, repeats: int) -> float:
 
 # --------------------------------------------------------------------------------------------------- models
 def toy_fun(device, dtype):
-    """The toy large net as a user writes it, on the paper's sine-band data."""
-    x = torch.arange(50, dtype=torch.float64) / 50
-    wave = torch.sin(8 * x)
-    X = torch.stack([torch.cat([x, x]), torch.cat([wave + 0.8, wave - 0.8])], 1).to(dtype=dtype, device=device)
-    labels = torch.cat([torch.ones(50, dtype=torch.long), torch.zeros(50, dtype=torch.long)]).to(device)
-    sizes = (2, 10, 20, 20, 10, 2, 2)
-
-    def fun(w):
-        a, i = X, 0
-        for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
-            W = w[i:i + p * q].view(p, q)
-            b = w[i + p * q:i + p * q + q]
-            i += (p + 1) * q
-            a = a @ W + b
-            if layer < len(sizes) - 2:
-                a = torch.sigmoid(a)
-        return F.cross_entropy(a, labels)
+    """The toy large net as a user writes it (sqn_ray.problems.toy.toy_user_fun) and a seeded w0."""
+    fun = toy.toy_user_fun("large", dtype, device)
+    sizes = toy.toy_sizes("large")
     d = sum((p + 1) * q for p, q in zip(sizes[:-1], sizes[1:]))
     w0 = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype=dtype, device=device)
     return fun, w0

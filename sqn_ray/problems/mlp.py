@@ -105,6 +105,25 @@ def mlp_logits(w: torch.Tensor, sizes, activation: str, X: torch.Tensor) -> torc
     return a
 
 
+def plain_sigmoid_net_fun(sizes, X: torch.Tensor, labels: torch.Tensor):
+    """``fun(w)``: a sigmoid net's mean cross-entropy written as a user writes it (slices of w into weight
+    matrices, ``a @ W + b``, ``torch.sigmoid``, ``F.cross_entropy``; no fused ops, no hand-written derivatives),
+    the case the generic oracle's benchmarks and tests measure. Same layout and F as :func:`mlp_loss`."""
+    sizes = tuple(sizes)
+
+    def fun(w: torch.Tensor) -> torch.Tensor:
+        a, i = X, 0
+        for layer, (p, q) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = w[i:i + p * q].view(p, q)
+            b = w[i + p * q:i + p * q + q]
+            i += (p + 1) * q
+            a = a @ W + b
+            if layer < len(sizes) - 2:
+                a = torch.sigmoid(a)
+        return F.cross_entropy(a, labels)
+    return fun
+
+
 def mlp_loss(w: torch.Tensor, sizes, activation: str, X: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """F(w): mean softmax cross-entropy of :func:`mlp_logits` against integer ``labels``."""
     return F.cross_entropy(mlp_logits(w, sizes, activation, X), labels)

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .mlp import MLPOracle, mlp_loss
+from .mlp import MLPOracle, mlp_loss, plain_sigmoid_net_fun
 
 TOY_SIZES: dict[str, tuple[int, ...]] = {
     "small": (2, 2, 2, 2, 2, 2, 2),
@@ -94,3 +94,10 @@ def toy_fun(size: str, dtype: torch.dtype = torch.float64, device: torch.device 
         return mlp_loss(w, sizes, TOY_ACTIVATION, X, labels)
 
     return fun
+
+
+def toy_user_fun(size: str = "large", dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
+    """The toy net's F written as a user writes it (:func:`~sqn_ray.problems.mlp.plain_sigmoid_net_fun` on the
+    toy data): what the generic oracle's whole-run figures are measured on, beside the hand-batched oracle."""
+    X, labels = toy_data(dtype, device)
+    return plain_sigmoid_net_fun(toy_sizes(size), X, labels)

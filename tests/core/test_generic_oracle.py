@@ -12,6 +12,7 @@ import sqn_ray
 import sqn_ray.objective as objective_module
 from sqn_ray.objective import (FUNCTION_HVP_BACKENDS, AutogradOracle, Objective, OptionError, hvps_through_graph,
                                module_objective_fun)
+from sqn_ray.problems.mlp import plain_sigmoid_net_fun
 
 F64, F32 = torch.float64, torch.float32
 SIZES = (2, 5, 4, 3)  # a small sigmoid net with 3 classes: d = 15 + 20 + 15 = 50
@@ -26,19 +27,7 @@ def _data(dtype):
 
 def user_fun(dtype):
     """The net as a user writes it: slices of w into weight matrices, x @ W + b, sigmoid, cross-entropy."""
-    X, labels = _data(dtype)
-
-    def fun(w):
-        a, i = X, 0
-        for layer, (p, q) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-            W = w[i:i + p * q].view(p, q)
-            b = w[i + p * q:i + p * q + q]
-            i += (p + 1) * q
-            a = a @ W + b
-            if layer < len(SIZES) - 2:
-                a = torch.sigmoid(a)
-        return F.cross_entropy(a, labels)
-    return fun
+    return plain_sigmoid_net_fun(SIZES, *_data(dtype))
 
 
 def module_fun(dtype):

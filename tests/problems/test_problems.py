@@ -237,3 +237,10 @@ def test_logistic_data_is_standardised():
     assert X.shape == (569, 30) and set(y.tolist()) == {0.0, 1.0}
     torch.testing.assert_close(X.mean(0), torch.zeros(30, dtype=F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(X.std(0, unbiased=False), torch.ones(30, dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_the_toy_net_written_as_a_user_writes_it_is_the_same_F():
+    from sqn_ray.problems.toy import toy_fun, toy_user_fun
+
+    w = get_problem("toy-large").init(3)
+    assert float(toy_user_fun("large")(w)) == pytest.approx(float(toy_fun("large")(w)), rel=1e-13)
