@@ -86,12 +86,14 @@ def run_study_command(args) -> int:
                 smoke = load_study_spec(args.file, smoke=True)
                 print(f"  --smoke: {smoke.num_trials} trials")
             return 0
+        from sqn_ray.problems import ProblemError
+
         from .runner import StudyError, run_study
 
         try:
             outcome = run_study(study, args.out, address=args.address, resume=args.resume,
                                 progress=not args.quiet, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-        except StudyError as e:
+        except (StudyError, ProblemError) as e:  # ProblemError: a problem (e.g. a broken plugin) that cannot be built
             print(f"error: {e}", file=sys.stderr)
             return 2
         except OSError as e:  # the disk filled up or went read-only mid-study: every file is whole, none half

@@ -351,6 +351,9 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     if state is None and (any((out / PARTS).glob("*.parquet")) or (out / "iterations.parquet").exists()):
         raise StudyError(f"{out} holds a study's results but not its record {STATE_FILE} (deleted?): starting over "
                          "would delete them; restore the file, or move the results away, or choose another --out")
+    # the problems are built before anything is written or Ray starts: a problem that cannot be built (a broken
+    # plugin, missing data) leaves the folder as it was, and the error is one line
+    cpu_problems = _cpu_problems(study, problems)
     store = ResultStore(out, study)
     if state is None:  # a new study: nothing of an earlier one is kept
         shutil.rmtree(tune_root, ignore_errors=True)
@@ -378,7 +381,7 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
                     "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid}
         trainable = tune.with_resources(
             tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded,
-                                 problems=_cpu_problems(study, problems), recipes=problems),
+                                 problems=cpu_problems, recipes=problems),
             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
         tuner = None
         if restore:

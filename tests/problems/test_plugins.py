@@ -124,3 +124,15 @@ def test_a_notebooks_problems_validate_and_build_by_name():
     assert get_problem("mine", dtype=torch.float64, problems={"mine": mine}).dtype == torch.float64
     with pytest.raises(ValueError, match="unknown problem 'mine'"):
         get_problem("mine")
+
+
+def test_a_study_naming_a_broken_plugin_fails_in_one_line_before_anything_is_written(plugins, tmp_path, capsys):
+    from sqn_ray.study.__main__ import main as study_main
+
+    study = tmp_path / "s.yaml"
+    study.write_text("problems: [plug-broken]\nmethods: {gd: {}}\nbudget: {iterations: 2}\n")
+    out = tmp_path / "out"
+    assert study_main(["run", str(study), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'plug-broken = brokenplug:make' from fakeplug 0.1 cannot be imported" in err and "Traceback" not in err
+    assert not (out / ".study.json").exists() and not (out / "iterations.parquet").exists()
