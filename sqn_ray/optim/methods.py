@@ -38,7 +38,8 @@ from ..objective import Objective
 from ..records import step_defaults
 from .globalization import TrustRegionRule, accept_trial, armijo_backtracking, evaluate_trial
 
-#: ``emit(w, f, g, fields)`` records one iterate; it returns None to go on, or (status, message) to stop
+#: ``emit(w, f, g, fields, state=None)`` records one iterate (``state``: the method's state there, when it has
+#: one); it returns None to go on, or (status, message) to stop
 Emit = Callable[[torch.Tensor, float, torch.Tensor, dict], "tuple[str, str] | None"]
 #: what a line-search method does after a failed search (see :class:`LineSearchMethod`)
 ON_FAILURE = ("restart", "retry")
@@ -136,13 +137,13 @@ class StepMethod:
         again (its record belongs to the run that saved it) and costs no evaluation."""
         if state is None:
             state = self.start(objective, w0)
-            if stop := emit(state.w, state.f, state.g, self.initial_fields(state)):
+            if stop := emit(state.w, state.f, state.g, self.initial_fields(state), state=state):
                 return Outcome(*stop, state)
         while state.iteration < max_iters:
             if float(state.g.norm()) <= gtol:
                 return Outcome("converged", f"gradient norm {float(state.g.norm()):.3g} <= gtol {gtol:g}", state)
             state, fields, stop = self.advance(objective, state)
-            if halt := emit(state.w, state.f, state.g, fields):
+            if halt := emit(state.w, state.f, state.g, fields, state=state):
                 return Outcome(*halt, state)
             if stop:
                 return Outcome(*stop, state)

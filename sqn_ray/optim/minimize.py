@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -95,7 +96,10 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
         max_iters: the last iteration number (the initial point is iteration 0); a continued run goes on
             towards the same number, so a run split into two calls gets the same budget as one call.
         callback: ``callback(x=..., record=...)`` for every iterate, the initial one included, before the next
-            step; returning True stops the run with status ``"callback"``.
+            step; returning True stops the run with status ``"callback"``. A callback that takes a ``save_state``
+            keyword (or ``**kwargs``) also gets, for the methods whose state can be saved, a zero-argument
+            function returning the ``state`` a run stopped at this iterate would return (a checkpoint:
+            ``minimize(fun, None, state=...)`` continues from it exactly as the uninterrupted run goes on).
         gtol: stop with status ``"converged"`` once ‖∇F‖ ≤ gtol.
         hvp_backend, grads_backend: Option II / Option I backends of the autograd oracle for a callable ``fun``
             (``"auto"`` probes once; fix one for runs that must continue bit-identically across calls).
@@ -156,11 +160,20 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
             objective.oracle.load_state_dict(saved["oracle"])  # a sub-sampling oracle's batch stream
 
     records: list[dict] = []
+    plain_options = {k: v for k, v in opts.items() if k != "directions"}
+    wants_state = callback is not None and _takes_keyword(callback, "save_state")
+
+    def saved_state_at(state, wall_time):
+        return {"format": SAVED_STATE_FORMAT, "method": method, "options": plain_options,
+                "step": runner.export_state(state), "counters": dataclasses.asdict(objective.counters),
+                "wall_time": wall_time,
+                "oracle": objective.oracle.state_dict() if hasattr(objective.oracle, "state_dict") else None}
+
     first_iteration = resumed.iteration + 1 if resumed is not None else 0
     last = {"x": w0.detach().clone(), "loss": resumed.f if resumed is not None else math.nan}
     start = time.perf_counter() - (saved["wall_time"] if saved is not None else 0.0)
 
-    def emit(w, f, g, fields):
+    def emit(w, f, g, fields, state=None):
         f = float(f)
         grad_norm = float(g.norm())
         record = make_record(first_iteration + len(records), f, grad_norm, objective.counters, fields, start)
@@ -169,7 +182,9 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
         if not (math.isfinite(f) and math.isfinite(grad_norm)):
             return "diverged", (f"non-finite {'loss' if not math.isfinite(f) else 'gradient'} "
                                 f"at iteration {record['iteration']}")
-        if callback is not None and callback(x=w, record=record):
+        extra = {"save_state": lambda: saved_state_at(state, record["wall_time"])} \
+            if wants_state and state is not None else {}
+        if callback is not None and callback(x=w, record=record, **extra):
             return "callback", f"callback requested stop at iteration {record['iteration']}"
         return None
 
@@ -179,20 +194,24 @@ def minimize(fun, w0: torch.Tensor | None, method: str | None = None, *, max_ite
         outcome = runner.run(objective, w0, max_iters, gtol, emit)
     status, message = outcome[0], outcome[1]
     final = outcome[2] if len(outcome) > 2 else None
-    plain_options = {k: v for k, v in opts.items() if k != "directions"}
     saved_state = None
     if final is not None:
-        saved_state = {"format": SAVED_STATE_FORMAT, "method": method, "options": plain_options,
-                       "step": runner.export_state(final), "counters": dataclasses.asdict(objective.counters),
-                       "wall_time": records[-1]["wall_time"] if records else saved["wall_time"],
-                       "oracle": (objective.oracle.state_dict() if hasattr(objective.oracle, "state_dict")
-                                  else None)}
+        saved_state = saved_state_at(final, records[-1]["wall_time"] if records else saved["wall_time"])
     history = history_frame(records)
     return MinimizeResult(x=last["x"], loss=last["loss"], status=status, message=message, history=history,
                           method=method, options=plain_options, state=saved_state)
 
 
 SAVED_STATE_FORMAT = 1  # version of MinimizeResult.state
+
+
+def _takes_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name`` (by name, or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: only the documented keywords
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
 
 def history_frame(records: list[dict]) -> pd.DataFrame:

@@ -70,6 +70,35 @@ def test_a_run_split_at_any_iteration_is_the_unsplit_run_bit_for_bit(toy, method
         assert rest.history.wall_time.iloc[0] >= first.history.wall_time.iloc[-1]
 
 
+CHECKPOINTED = [("s-lsr1", {}), ("s-lbfgs", {}), ("bfgs", {}), ("adam", {}), VARIANTS[len(STEP_METHODS)]]
+
+
+@pytest.mark.parametrize("method, options", CHECKPOINTED, ids=[f"{m}{o or ''}" for m, o in CHECKPOINTED])
+def test_a_checkpoint_taken_mid_run_continues_as_the_uninterrupted_run(toy, method, options):
+    """The callback's save_state (what a trial checkpoints) at iteration k is the state a run stopped at k
+    returns: continuing from it gives the uninterrupted run's iterates k+1... bit for bit."""
+    snapshots = {}
+
+    def callback(x, record, save_state=None):
+        if record["iteration"] in (0, 9):
+            snapshots[record["iteration"]] = _through_torch_save(save_state())
+
+    whole = minimize(toy.oracle, toy.init(2), method, max_iters=15, seed=3, callback=callback, **options)
+    assert sorted(snapshots) == [0, 9]
+    for k, state in snapshots.items():
+        rest = minimize(toy.oracle, None, max_iters=15, state=state)
+        pd.testing.assert_frame_equal(_comparable(rest.history),
+                                      _comparable(whole.history[whole.history.iteration > k]))
+        assert torch.equal(rest.x, whole.x) and rest.state["counters"] == whole.state["counters"]
+
+
+def test_callbacks_without_save_state_are_called_as_before(toy):
+    seen = []
+    minimize(toy.oracle, toy.init(0), "s-lsr1", max_iters=2,
+             callback=lambda x, record: seen.append(record["iteration"]))
+    assert seen == [0, 1, 2]
+
+
 def test_continuing_from_the_same_state_twice_gives_the_same_run(toy):
     """The generator's state travels in the state value: an older state, not only the newest, continues exactly
     (warm starts from one checkpoint give one trajectory)."""
