@@ -1,7 +1,8 @@
 """A study's output folder: one driver at a time, checked before Ray starts, recoverable from damage.
 
 ``DIR`` holds the contract files (``iterations.parquet``, ``trials.parquet``), the platform's own state
-(``.study.json``: which study, ``.parts/``: one Parquet file per finished trial, the source of truth) and
+(``.study.json``: which study, ``.parts/``: one Parquet file per finished trial and ``.parts/live/`` the
+segments of rows written while trials ran, the source of truth; see :mod:`sqn_ray.study.results`) and
 Tune's experiment state (``.tune/``, a cache that can be rebuilt from the parts).
 
 * :func:`open_output_folder` makes ``DIR`` and takes its lock (``DIR/.lock``, an ``flock`` the kernel

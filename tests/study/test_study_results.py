@@ -69,22 +69,85 @@ def test_columns_summaries_and_metadata(tmp_path, study):
     assert read_metadata(tmp_path / "trials.parquet")["sqn_ray.fingerprint"] == study.fingerprint
 
 
-def test_live_rewrites_hold_the_same_table_as_the_final_write(tmp_path, study):
-    """Live rewrites use a faster encoding (LZ4, text-only dictionaries); readers see the same data."""
+def _files(folder):
+    """{path: (size, mtime_ns, inode)} of every file under ``folder``."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_live_flushes_write_new_rows_only_and_never_rewrite_a_file(tmp_path, study):
+    """A live flush writes the rows that arrived since the last one as a new segment; no file written before
+    changes; the driver keeps no written row; read_live sees what the compacted file will hold."""
     store = ResultStore(tmp_path, study, min_flush_interval=0.0)
+    store.spill_seconds = 0.0
     store.start("t1", cell(memory=2))
     store.add_rows("t1", cell(memory=2), rows(5), INFO)
-    assert store.flush()  # unforced: a live rewrite
-    path = tmp_path / "iterations.parquet"
-    live, live_meta = pq.read_table(path), pq.ParquetFile(path).metadata
-    store._dirty = True  # noqa: SLF001 - the same content again, written as a final file
-    assert store.flush(force=True)
-    final, final_meta = pq.read_table(path), pq.ParquetFile(path).metadata
-    assert live.schema.equals(final.schema, check_metadata=True)
-    assert live.to_pandas().equals(final.to_pandas())  # NaN step sizes compare equal here, not in Arrow
-    codecs = {m: {m.row_group(0).column(i).compression for i in range(m.num_columns)}
-              for m in (live_meta, final_meta)}
-    assert codecs[live_meta] == {"LZ4"} and codecs[final_meta] == {"ZSTD"}
+    assert store.flush()
+    before = _files(tmp_path / ".parts")
+    assert [p.name for p in before] == ["t1.000000.parquet"]
+    assert store.trials["t1"].buffer == [] and store.trials["t1"].n_rows == 5
+    store.add_rows("t1", cell(memory=2), rows(3, start=5), None)
+    assert store.flush()
+    after = _files(tmp_path / ".parts")
+    assert {p: after[p] for p in before} == before and len(after) == 2  # the old segment untouched
+    assert not (tmp_path / "iterations.parquet").exists()  # compacted once, at the end
+    live = R.read_live(tmp_path).to_pandas()
+    assert list(live.iteration) == list(range(8)) and set(live.trial_id) == {"t1"}
+    store.finish("t1", cell(memory=2), {"status": "budget", "stop_reason": "iterations"})
+    assert _files(tmp_path / ".parts").keys() >= after.keys()
+    store.flush(force=True)
+    final = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    assert final.equals(R.read_live(tmp_path).to_pandas()[final.columns])
+    assert pq.ParquetFile(tmp_path / "iterations.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_a_retried_trial_continues_its_rows_without_gap_or_duplicate(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.spill_seconds = 0.0
+    c = cell(memory=2)
+    store.add_rows("r", c, rows(10), INFO)
+    store.flush()  # rows 0-9 written
+    store.add_rows("r", c, rows(2, start=10), None)  # 10-11 buffered
+    store.restart("r", c)  # its worker died; Tune resumes it from a checkpoint at iteration 5
+    resumed = rows(7, start=6)
+    resumed["loss"] = [-1.0] * 7  # the new attempt's rows, told apart from the first attempt's
+    store.add_rows("r", c, resumed, None)
+    store.finish("r", c, {"status": "budget"})
+    store.flush(force=True)
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    assert list(it.iteration) == list(range(13))
+    assert (it.loss[it.iteration >= 6] == -1.0).all() and (it.loss[it.iteration < 6] > 0).all()
+    tr = pq.read_table(tmp_path / "trials.parquet").to_pandas().iloc[0]
+    assert tr.restarts == 1 and tr.iterations == 12 and tr.final_loss == -1.0 and tr.best_loss == -1.0
+
+
+def test_a_resumed_driver_continues_the_rows_of_unfinished_trials(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.spill_seconds = 0.0
+    c = cell(memory=2)
+    store.add_rows("u", c, rows(4), INFO)
+    store.flush()
+    store.add_rows("u", c, rows(3, start=4), None)  # never written: the driver is killed here
+    again = ResultStore(tmp_path, study)
+    assert again.load_parts() == {} and again.durable_rows() == {"u": 3}
+    again.add_rows("u", c, rows(5, start=4), None)  # resumed from its checkpoint at iteration 3
+    again.finish("u", c, {"status": "budget"})
+    again.flush(force=True)
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    assert list(it.iteration) == list(range(9)) and it.memory.eq(2).all()
+
+
+def test_the_last_rows_patch_reaches_a_row_already_written(tmp_path, study):
+    store = ResultStore(tmp_path, study)
+    store.spill_seconds = 0.0
+    c = cell(memory=2)
+    store.add_rows("p", c, rows(3), INFO)
+    store.flush()  # every row written; the final accuracy comes after
+    store.finish("p", c, {"status": "budget", "patch_last": {"accuracy": 1.0}})
+    store.flush(force=True)
+    it = pq.read_table(tmp_path / "iterations.parquet").to_pandas()
+    tr = pq.read_table(tmp_path / "trials.parquet").to_pandas().iloc[0]
+    assert list(it.accuracy) == [0.5, 0.5, 1.0] and len(it) == 3
+    assert tr.status == "solved" and tr.final_accuracy == 1.0 and tr.iters_to_target == 2
 
 
 def test_parts_reload_and_only_known_trials_are_written(tmp_path, study):
@@ -124,17 +187,20 @@ def test_writes_are_atomic(tmp_path, study, monkeypatch):
     store.flush(force=True)
     before = (tmp_path / "iterations.parquet").read_bytes()
 
-    def crash(table, where, **kw):
-        with open(where, "wb") as f:
-            f.write(b"PAR1 half a file")
-        raise OSError("disk full")
+    class Crash(R.pq.ParquetWriter):
+        def write_table(self, table, row_group_size=None):
+            super().write_table(table.slice(0, 1))
+            raise OSError("disk full")
 
-    monkeypatch.setattr(R.pq, "write_table", crash)
+    monkeypatch.setattr(R.pq, "ParquetWriter", Crash)
     store.add_rows("a", cell(memory=2), rows(2, start=3), None)
     with pytest.raises(OSError):
         store.flush(force=True)
     assert (tmp_path / "iterations.parquet").read_bytes() == before  # readers still see the whole old file
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    store.flush(force=True)  # the next flush writes everything
+    assert len(pq.read_table(tmp_path / "iterations.parquet")) == 5
 
 
 def test_failed_and_diverged_keep_status_and_error(tmp_path, study):
