@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, TextIO
@@ -31,9 +32,10 @@ from ray import tune
 
 from .. import ray_session
 from .progress import ProgressTable
-from .results import PARTS, ResultStore, variant_label
+from .results import LIVE, PARTS, ResultStore, variant_label
 from .outdir import STATE_FILE, StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
 from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
+from .loggers import TENSORBOARD_DIR, logger_callbacks
 from .spec import StudySpec, StudySpecError
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
@@ -182,6 +184,10 @@ class StudyCallback(tune.Callback):
         if final is not None:
             self.store.finish(trial.trial_id, self._cell(trial), final)
         self._note_best(result.get(self.study.metric), trial)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self.store is not None:  # its rows up to the checkpoint are written before Tune's state names it
+            self.store.checkpointed(trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.store is not None and not self.store.is_finished(trial.trial_id):
@@ -343,12 +349,16 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet, not result.json
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # with num_to_keep set, Tune snapshots its experiment state after a trial's checkpoints and warns each time
+    # it does so often; short checkpoint_every make that the expected case, not a bottleneck worth a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tune's ResultGrid looks for result.json files we do not write (the rows are in our Parquet)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
-    if state is None and (any((out / PARTS).glob("*.parquet")) or (out / "iterations.parquet").exists()):
+    if state is None and (any((out / PARTS).glob("*.parquet")) or any((out / PARTS / LIVE).glob("*.parquet"))
+                          or (out / "iterations.parquet").exists()):
         raise StudyError(f"{out} holds a study's results but not its record {STATE_FILE} (deleted?): starting over "
                          "would delete them; restore the file, or move the results away, or choose another --out")
     # the problems are built before anything is written or Ray starts: a problem that cannot be built (a broken
@@ -358,7 +368,8 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     if state is None:  # a new study: nothing of an earlier one is kept
         shutil.rmtree(tune_root, ignore_errors=True)
         shutil.rmtree(store.parts_dir, ignore_errors=True)
-        store.parts_dir.mkdir()
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # an earlier study's event files
+        store.live_dir.mkdir(parents=True)
         write_state(out, study)
         recorded, restore = {}, False
     else:
@@ -378,9 +389,13 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     try:
         settings = {"budget": study.budget, "stop": study.stop, "dtype": study.dtype, "device": study.device,
                     "accuracy_every": study.accuracy_every, "report_interval": study.report_interval,
-                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid}
+                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid,
+                    "checkpoint_every": study.checkpoint_every,
+                    # checkpoints taken under this driver continue whatever rows it kept; an earlier driver's
+                    # only up to the rows the folder holds (durable)
+                    "session": uuid.uuid4().hex}
         trainable = tune.with_resources(
-            tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded,
+            tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded, durable=store.durable_rows(),
                                  problems=cpu_problems, recipes=problems),
             {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
         tuner = None
@@ -389,7 +404,8 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
                 tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_unfinished=True,
                                            resume_errored=True)
                 # The run config (with the first run's callbacks) comes back from tuner.pkl; ours replace them.
-                tuner._local_tuner.get_run_config().callbacks = [callback]  # noqa: SLF001 - pinned ray 2.60
+                tuner._local_tuner.get_run_config().callbacks = [  # noqa: SLF001 - pinned ray 2.60
+                    callback, *logger_callbacks(study, out)]  # the loggers after ours: they never see the rows
             except Exception as e:  # noqa: BLE001 - any damage Tune's own reader finds: rebuild from the parts
                 _rebuild(out, study, store, callback, f"Tune could not restore its state ({_brief(e)})", say)
                 tuner = None
@@ -467,7 +483,10 @@ def _new_tuner(study: StudySpec, trainable, tune_root: Path, callback) -> tune.T
             num_samples=num_samples, reuse_actors=True, max_concurrent_trials=study.max_concurrent_trials,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=EXPERIMENT, storage_path=str(tune_root), verbose=0, callbacks=[callback],
+            name=EXPERIMENT, storage_path=str(tune_root), verbose=0,
+            callbacks=[callback, *logger_callbacks(study, tune_root.parent)],  # the loggers after ours: no rows
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)),
+            # the trials checkpoint themselves (should_checkpoint, every checkpoint_every seconds); the newest is
+            # all a retried or resumed trial needs
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False, num_to_keep=2)),
     )

@@ -26,6 +26,8 @@ Layout (every key but ``problems`` and ``methods`` is optional)::
     max_failures: 2                   # retries of a trial whose worker died (an exception is not retried)
     max_concurrent_trials: null       # default: as many as the resources allow
     report_interval: 1.0              # seconds between a trial's reports (0: every iteration)
+    checkpoint_every: 60              # seconds between a trial's checkpoints (null or 0: never)
+    loggers: [tensorboard]            # also log to TensorBoard / MLflow / W&B (default: none; see below)
     smoke: {seeds: 1, budget: {iterations: 10}}          # overrides applied by --smoke
 
 Options that do not apply to a method are never crossed into it (``radius`` is not an L-BFGS option), so
@@ -38,6 +40,20 @@ Besides lists, an option may be a range for ``search.algorithm`` random or optun
     lr: {uniform: [0.01, 0.5]}             sampling: {choice: [hvp, grad-diff]}
 
 Integer ranges include both ends.
+
+``loggers`` (:data:`LOGGERS`) adds Tune's own logger callbacks, which log every trial's reported metrics
+(loss, grad_norm, best_loss, accuracy, best_accuracy, ...; never the per-iteration rows, which go to Parquet)
+and its cell (problem, method, seed, options) as hyperparameters (:mod:`sqn_ray.study.loggers`):
+
+* ``tensorboard``: event files in ``DIR/tensorboard/<trial id>/``, live: ``tensorboard --logdir DIR/tensorboard``.
+* ``mlflow``: one MLflow run per trial in the experiment named after the study, in ``$MLFLOW_TRACKING_URI``
+  when set, else in ``DIR/mlflow.db`` (``mlflow ui --backend-store-uri sqlite:///DIR/mlflow.db``).
+* ``wandb``: one W&B run per trial in the project ``$WANDB_PROJECT``, else the study's name (local files in
+  ``DIR/wandb`` unless ``$WANDB_DIR`` says otherwise).
+
+A logger whose package is not installed is an error at validation (``pip install mlflow``). ``loggers`` and
+``checkpoint_every`` change how a study is watched and saved, not its trials: they are not part of its
+fingerprint, so a study may be resumed with other values.
 """
 from __future__ import annotations
 
@@ -60,11 +76,12 @@ from sqn_ray.options import OptionError, choice, finite_float, integer, nonneg_f
 __all__ = [
     "StudySpecError", "Distribution", "StudySpec", "Study", "CellGrid", "load_study_spec", "load_study",
     "parse_study", "read_yaml", "read_yaml_file", "deep_merge", "METRICS", "TIME_ATTRS", "SEARCH_ALGORITHMS",
+    "LOGGERS", "DEFAULT_CHECKPOINT_EVERY",
 ]
 
 TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "budget", "stop", "resources",
             "metric", "search", "scheduler", "dtype", "device", "accuracy_every", "max_failures",
-            "max_concurrent_trials", "report_interval", "smoke")
+            "max_concurrent_trials", "report_interval", "checkpoint_every", "loggers", "smoke")
 BUDGET_KEYS = ("iterations", "grad_equivalents", "wall_time")
 STOP_KEYS = ("accuracy", "loss")
 RESOURCE_KEYS = ("cpu", "gpu")
@@ -80,6 +97,14 @@ DTYPES = ("float64", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "logint", "choice")
 DEFAULT_BUDGET = {"iterations": 1000, "grad_equivalents": None, "wall_time": None}
+#: seconds between a trial's checkpoints when the study file does not say
+DEFAULT_CHECKPOINT_EVERY = 60.0
+#: ``loggers:`` name -> (the module it needs, the package that installs it); checked with find_spec, not imported
+LOGGERS = {"tensorboard": ("tensorboardX", "tensorboardX"), "mlflow": ("mlflow", "mlflow"),
+           "wandb": ("wandb", "wandb")}
+#: what neither changes the trials nor their results: left out of the fingerprint (a resume may change them)
+_NOT_FINGERPRINTED = ("source", "description", "max_concurrent_trials", "report_interval", "checkpoint_every",
+                      "loggers")
 #: what --smoke does to a study file without a ``smoke:`` block
 DEFAULT_SMOKE = {"seeds": 1, "budget": {"iterations": 10, "wall_time": 30}, "search": {"num_samples": 2}}
 
@@ -278,6 +303,8 @@ class StudySpec:
         max_failures: retries of a trial whose worker died.
         max_concurrent_trials: a cap on concurrent trials, or None (as the resources allow).
         report_interval: seconds between a trial's reports to Tune (0: every iteration).
+        checkpoint_every: seconds between a trial's checkpoints, or None for never (``null`` or 0 in the file).
+        loggers: names of :data:`LOGGERS` whose Tune logger callbacks the study also reports to (``()``: none).
         source: where it was read from (the file path, or ``"<study>"``).
         smoke: whether the ``smoke:`` overrides were applied.
         raw: the file's mapping as read (before defaults and overrides).
@@ -311,6 +338,8 @@ class StudySpec:
     raw: dict = field(repr=False)
     text: str = field(default="", repr=False)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    checkpoint_every: float | None = DEFAULT_CHECKPOINT_EVERY
+    loggers: tuple[str, ...] = ()
 
     # ---------------------------------------------------------------- grid
     def grid_axes(self, method: str) -> dict[str, tuple]:
@@ -368,13 +397,16 @@ class StudySpec:
                 "search": self.search, "scheduler": self.scheduler, "dtype": self.dtype, "device": self.device,
                 "accuracy_every": self.accuracy_every, "max_failures": self.max_failures,
                 "max_concurrent_trials": self.max_concurrent_trials, "report_interval": self.report_interval,
+                "checkpoint_every": self.checkpoint_every, "loggers": list(self.loggers),
                 "source": self.source, "smoke": self.smoke}
 
     @property
     def fingerprint(self) -> str:
-        """Hash of what determines the trials; a resumed study must match it."""
+        """Hash of what determines the trials; a resumed study must match it. The keys that only change how a
+        study runs or is watched (:data:`_NOT_FINGERPRINTED`: concurrency, report and checkpoint intervals,
+        loggers) are left out, so adding one to the study file keeps the fingerprints of existing studies."""
         body = self.to_json()
-        for key in ("source", "description", "max_concurrent_trials", "report_interval"):
+        for key in _NOT_FINGERPRINTED:
             body.pop(key)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -745,6 +777,8 @@ class _Parser:
         max_failures = self.integer(spec.get("max_failures", 2), "max_failures", low=0)
         max_conc = self.integer(spec.get("max_concurrent_trials"), "max_concurrent_trials", low=1, none_ok=True)
         report_interval = self.number(spec.get("report_interval", 1.0), "report_interval", nonneg=True)
+        checkpoint_every = self.checkpoint_every(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+        loggers = self.loggers(spec.get("loggers", []))
 
         if device == "cuda" and resources["gpu"] <= 0:
             self.fail("device", "device: cuda needs resources.gpu > 0 (or device: auto)")
@@ -760,7 +794,7 @@ class _Parser:
                       scheduler=scheduler, dtype=dtype, device=device, accuracy_every=accuracy_every,
                       max_failures=max_failures, max_concurrent_trials=max_conc,
                       report_interval=report_interval, source=self.source, smoke=smoke, raw=raw, text=text,
-                      defaults=defaults)
+                      defaults=defaults, checkpoint_every=checkpoint_every, loggers=loggers)
         if study.num_trials == 0:
             self.fail("methods", "the study has no trials")
         if study.num_trials > MAX_TRIALS:
@@ -788,6 +822,38 @@ class _Parser:
                     where = "options.memory" if "memory" in self.shared_axes else f"methods.{method}.memory"
                     self.fail(where, f"memory {largest} is more than the d = {d} parameters of problem {problem} "
                                      f"(m pairs in R^d: at most d are independent)")
+
+    def checkpoint_every(self, value) -> float | None:
+        """Seconds between a trial's checkpoints: a number > 0, or None for never (``null`` or 0)."""
+        expected = "seconds between checkpoints (a number > 0), or null or 0 for never"
+        if value is None:
+            return None
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            self.fail("checkpoint_every", f"expected {expected}, got {_shown(value)}", value=value, expected=expected)
+        return float(value) if value > 0 else None
+
+    def loggers(self, value) -> tuple[str, ...]:
+        """Logger names of :data:`LOGGERS`, each once, whose packages can be imported (checked without
+        importing them: a missing one is named with its install command, before anything runs)."""
+        import importlib.util
+
+        if value is None or value == []:
+            return ()
+        if not isinstance(value, (str, list)):
+            self.fail("loggers", f"expected a list of logger names, got {_shown(value)}", tuple(LOGGERS), value=value)
+        names = self.str_list(value, "loggers", tuple(LOGGERS))
+        for i, name in enumerate(names):
+            module, package = LOGGERS[name]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                path = f"loggers[{i}]" if isinstance(value, list) else "loggers"
+                self.fail(path, f"{name} needs the package {package}, which is not installed: pip install "
+                                f"{package} (or remove {name} from loggers)", value=name,
+                          expected=f"an installed logger of: {_fmt(LOGGERS)}")
+        return names
 
     def seeds(self, value) -> tuple[int, ...]:
         if isinstance(value, int) and not isinstance(value, bool):

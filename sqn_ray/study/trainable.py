@@ -21,6 +21,8 @@ Inside a trial:
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import operator
 import os
@@ -41,6 +43,9 @@ from .results import record_table
 __all__ = ["StudyTrainable", "cell_from_config", "trial_dirname"]
 
 _END = object()
+_log = logging.getLogger(__name__)
+CHECKPOINT_STATE = "state.pt"  # in a trial checkpoint's folder: minimize's state at the checkpoint's iteration
+CHECKPOINT_META = "checkpoint.json"  # ... and what it belongs to: trial, cell, iteration, driver session
 #: the record fields a trial reports to Tune as live metrics (the record schema says which), and all the
 #: metrics a result carries: those and the platform's best loss, accuracy and best accuracy
 _RECORD_METRICS = metric_names()
@@ -99,12 +104,21 @@ class _Stop(Exception):
 class StudyTrainable(tune.Trainable):
     """See the module docstring. ``settings`` is the study's run settings (a small dict), ``recorded`` the
     finished trials of an interrupted run (trial id -> cell key and summary), which replay instantly,
-    ``problems`` CPU problems built on the driver (name -> Problem), ``recipes`` the problems (or recipes) a
-    notebook handed to ``run_study``, from which the other trials build theirs on their device."""
+    ``durable`` the last iteration the folder holds of each unfinished trial of an earlier driver (a checkpoint
+    of that driver's beyond it is not continued from: its rows would have a gap), ``problems`` CPU problems
+    built on the driver (name -> Problem), ``recipes`` the problems (or recipes) a notebook handed to
+    ``run_study``, from which the other trials build theirs on their device.
 
-    def setup(self, config, settings=None, recorded=None, problems=None, recipes=None):
+    Checkpoints (``checkpoint_every`` seconds of the study file): the run's state is taken at a row boundary
+    (``minimize``'s ``save_state``), sent with the rows up to it, and saved when Tune asks
+    (:meth:`save_checkpoint`); a trial Tune restores (its worker died, or the driver resumed) continues from
+    it (:meth:`load_checkpoint`): its rows go on from the checkpoint's iteration, and its trajectory is the
+    uninterrupted one."""
+
+    def setup(self, config, settings=None, recorded=None, problems=None, recipes=None, durable=None):
         self._settings = settings
         self._recorded = recorded or {}
+        self._durable = durable or {}
         self._recipes = dict(recipes or {})
         # problems built once on the driver and shipped through the object store (CPU trials); others are
         # built here, once per actor
@@ -136,13 +150,55 @@ class StudyTrainable(tune.Trainable):
         self._best_acc = -math.inf
         self._last: dict[str, Any] = {}
         self._info = None
+        self._resume: dict | None = None  # a checkpoint Tune restored: {"state", "iteration", ...}
+        self._snapshot: dict | None = None  # the newest state taken, for the next save_checkpoint
+        self._cell_key = cell_key(self._cell)
         rec = self._recorded.get(self.trial_id)
-        if rec and rec["cell_key"] == cell_key(self._cell) and rec["summary"].get("stop_reason") != "worker_died":
+        if rec and rec["cell_key"] == self._cell_key and rec["summary"].get("stop_reason") != "worker_died":
             self._replay = rec["summary"]
             return
         self._replay = None
-        self._thread = threading.Thread(target=self._run, name="sqn-ray-trial", daemon=True)
-        self._thread.start()
+        # the run starts at the first step(), after Tune has restored a checkpoint (if any) into the trainable
+
+    def _start_run(self):
+        if self._thread is None and self._replay is None:
+            self._thread = threading.Thread(target=self._run, name="sqn-ray-trial", daemon=True)
+            self._thread.start()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint_dir: str):
+        import torch
+
+        snap = self._snapshot
+        meta = {"trial_id": self.trial_id, "cell_key": self._cell_key,
+                "iteration": snap["iteration"] if snap else None,
+                "session": self._settings.get("session")}
+        if snap is not None:
+            torch.save(snap["state"], os.path.join(checkpoint_dir, CHECKPOINT_STATE))
+        with open(os.path.join(checkpoint_dir, CHECKPOINT_META), "w") as fh:
+            json.dump(meta, fh)
+        return None
+
+    def load_checkpoint(self, checkpoint):
+        import torch
+
+        try:
+            with open(os.path.join(checkpoint, CHECKPOINT_META)) as fh:
+                meta = json.load(fh)
+        except (OSError, TypeError, ValueError):
+            _log.warning("trial %s: its checkpoint %s is unreadable; it starts over", self.trial_id, checkpoint)
+            return
+        it = meta.get("iteration")
+        if it is None or meta.get("cell_key") != self._cell_key:
+            return  # a checkpoint without a state (Tune asked before any was taken), or another cell's
+        durable = self._durable.get(self.trial_id, -1)
+        if meta.get("session") != self._settings.get("session") and it > durable:
+            # taken under an earlier driver, past the rows that driver kept: continuing would leave a gap
+            _log.warning("trial %s: checkpoint at iteration %d is past its last kept row (%d); it starts over",
+                         self.trial_id, it, durable)
+            return
+        state = torch.load(os.path.join(checkpoint, CHECKPOINT_STATE), weights_only=True)
+        self._resume = {"state": state, "iteration": int(it)}
 
     def _end(self):
         self._halt.set()
@@ -152,6 +208,7 @@ class StudyTrainable(tune.Trainable):
             self._thread = None
 
     def step(self):
+        self._start_run()
         if self._replay is not None:  # finished before the interruption: its rows are on the driver already
             s = self._replay
             metrics = {k: s.get(_SUMMARY_KEY.get(k, k)) for k in _METRICS}
@@ -161,12 +218,16 @@ class StudyTrainable(tune.Trainable):
             self._permit.release()
         chunks: list[dict[str, list]] = []  # column chunks (the thread builds columns: nothing to transpose)
         final = None
+        checkpoint = False
         item = self._queue.get()
         while True:
             if item is _END:
                 final = self._final
                 break
-            chunks.append(item)
+            cols, snapshot = item
+            chunks.append(cols)
+            if snapshot is not None:  # the state at this chunk's last row: what the next checkpoint saves
+                self._snapshot, checkpoint = snapshot, True
             try:  # also take whatever else is ready (the end of the run, or chunks the thread ran ahead with)
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -182,6 +243,8 @@ class StudyTrainable(tune.Trainable):
         if final is not None:
             result["final"] = final
             result["done"] = True
+        elif checkpoint:
+            result["should_checkpoint"] = True
         return result
 
     def _sanitize(self, m: dict) -> dict:
@@ -217,7 +280,7 @@ class StudyTrainable(tune.Trainable):
             self._problems[key] = get_problem(name, dtype=dtype, device=device, problems=self._recipes)
         return self._problems[key]
 
-    def _emit_chunk(self) -> None:
+    def _emit_chunk(self, snapshot: dict | None = None) -> None:
         if self._rows.items:
             cols = self._rows.take()
             for k in _RECORD_METRICS:
@@ -227,7 +290,7 @@ class StudyTrainable(tune.Trainable):
             if acc is not None:
                 self._last["accuracy"] = acc
             self._last.update(best_loss=self._best_loss, best_accuracy=self._best_acc)
-            self._queue.put(cols)
+            self._queue.put((cols, snapshot))
 
     def _run(self):
         import torch
@@ -259,8 +322,12 @@ class StudyTrainable(tune.Trainable):
             self._info["problem_target_accuracy"] = problem.target_accuracy
             # the problem's size, for the analysis (which reads it from the results, never builds problems)
             self._info.update(problem_dim=int(problem.dim), problem_n=int(problem.n_samples))
-            w0 = problem.init(cell["seed"])
+            resume = self._resume
+            w0 = problem.init(cell["seed"]) if resume is None else None
+            self._info["resumed_from"] = resume["iteration"] if resume is not None else None
             every = int(s["accuracy_every"])
+            checkpoint_every = s.get("checkpoint_every")
+            next_snapshot = time.monotonic() + checkpoint_every if checkpoint_every else math.inf
             metrics = getattr(problem, "metrics", None)
             overhead = 0.0  # seconds spent in this callback: not the optimizer's time
             streamed = set()
@@ -268,8 +335,8 @@ class StudyTrainable(tune.Trainable):
 
             rows = self._rows
 
-            def callback(x=None, record=None, **_):
-                nonlocal overhead
+            def callback(x=None, record=None, save_state=None, **_):
+                nonlocal overhead, next_snapshot
                 t0 = time.perf_counter()
                 it = int(record["iteration"])
                 evaluate = it % every == 0
@@ -280,8 +347,14 @@ class StudyTrainable(tune.Trainable):
                 self._track(record["loss"], acc)
                 streamed.add(it)
                 halt = rules.check(record, accuracy=acc, overhead=overhead)
-                if halt is None and time.monotonic() >= self._deadline:
-                    self._emit_chunk()
+                now = time.monotonic()
+                snapshot_due = save_state is not None and now >= next_snapshot
+                if halt is None and (now >= self._deadline or snapshot_due):
+                    snapshot = None
+                    if snapshot_due:  # the state at this row, sent with the rows up to it
+                        snapshot = {"state": _detached(save_state()), "iteration": it}
+                        next_snapshot = now + checkpoint_every
+                    self._emit_chunk(snapshot)
                     if self._lockstep:
                         while not self._permit.acquire(timeout=0.2):
                             if self._halt.is_set():
@@ -300,8 +373,13 @@ class StudyTrainable(tune.Trainable):
                 while not self._permit.acquire(timeout=0.2):
                     if self._halt.is_set():
                         raise _Stop
-            result = sqn_ray.minimize(problem.oracle, w0, cell["method"], **rules.minimize_options(),
-                                      callback=callback, seed=cell["seed"], **cell["options"])
+            if resume is not None:  # restored from a checkpoint: the run continues from its state
+                result = sqn_ray.minimize(problem.oracle, None, cell["method"], state=resume["state"],
+                                          **rules.minimize_options(), callback=callback, seed=cell["seed"],
+                                          **cell["options"])
+            else:
+                result = sqn_ray.minimize(problem.oracle, w0, cell["method"], **rules.minimize_options(),
+                                          callback=callback, seed=cell["seed"], **cell["options"])
             # iterates the callback never saw (a diverged step is recorded but not called back)
             hist = result.history
             unseen = hist[~hist["iteration"].isin(streamed)] if len(hist) > len(streamed) else hist.iloc[:0]
@@ -341,6 +419,17 @@ class StudyTrainable(tune.Trainable):
             self._best_loss = loss
         if acc > self._best_acc and math.isfinite(acc):
             self._best_acc = acc
+
+
+def _detached(value):
+    """A copy of a saved state that the run going on cannot change (tensors cloned)."""
+    if hasattr(value, "detach"):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    return value
 
 
 class _RowBuffer:

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -144,6 +145,42 @@ def test_a_killed_trial_actor_is_retried(ray_cluster, tmp_path):
     assert done["outcome"].done == 4 and set(tr.status) == {"budget"}
     assert tr.restarts.sum() >= 1
     assert it.groupby("trial_id").size().eq(20001).all() and not it.duplicated(["trial_id", "iteration"]).any()
+
+
+def test_a_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    """kill -9 of the trial's worker after a checkpoint: Tune retries the trial from it; its rows go on with no
+    gap and no duplicate, and the trajectory is the uninterrupted run's, bit for bit."""
+    from sqn_ray import minimize
+    from sqn_ray.problems import get_problem
+
+    iterations = 1500
+    study = parse_study({"name": "checkpointed", "problems": ["toy-small"], "methods": {"s-lbfgs": {"memory": 3}},
+                         "seeds": 1, "budget": {"iterations": iterations}, "stop": {"loss": -1.0},
+                         "report_interval": 0.2, "checkpoint_every": 1.0, "max_failures": 2}, source="ck.yaml")
+    done = {}
+    th = threading.Thread(target=lambda: done.update(outcome=run_study(study, tmp_path, progress=False)))
+    th.start()
+
+    def checkpointed_and_running():
+        if "outcome" in done:
+            raise AssertionError("the study finished before the trial was seen checkpointed")
+        t = trials_now(tmp_path)
+        ck = list((tmp_path / ".tune").glob("study/*/checkpoint_*/checkpoint.json"))
+        return bool(ck) and "pid" in t and (t.status == "running").any() and t.pid.notna().any()
+
+    wait_for(checkpointed_and_running, None)
+    os.kill(int(trials_now(tmp_path).pid.dropna().iloc[0]), signal.SIGKILL)
+    th.join(timeout=300)
+    assert not th.is_alive()
+    it, tr = pd.read_parquet(tmp_path / "iterations.parquet"), pd.read_parquet(tmp_path / "trials.parquet")
+    assert done["outcome"].done == 1 and tr.restarts.iloc[0] == 1
+    assert tr.resumed_from.iloc[0] > 0  # continued from a checkpoint, not from iteration 0
+    assert not it.duplicated(["trial_id", "iteration"]).any()
+    toy = get_problem("toy-small")
+    whole = minimize(toy.oracle, toy.init(0), "s-lbfgs", memory=3, seed=0, max_iters=iterations)
+    assert list(it.iteration) == list(whole.history.iteration)  # no gap
+    for column in ("loss", "grad_norm", "n_grad", "step_size", "s_norm"):  # exactly equal (NaN where NaN)
+        np.testing.assert_array_equal(it[column].to_numpy(), whole.history[column].to_numpy(), err_msg=column)
 
 
 def test_cli_runs_the_smoke_study_on_an_embedded_ray(tmp_path, subprocess_env):

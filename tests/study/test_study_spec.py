@@ -169,3 +169,51 @@ def test_the_spec_names_say_which_study_and_the_earlier_names_still_work():
     assert spec.Study is spec.StudySpec and spec.load_study is spec.load_study_spec
     assert study_pkg.Study is spec.StudySpec and study_pkg.load_study is spec.load_study_spec
     assert isinstance(spec.load_study(STUDIES / "paper-toy.yaml"), spec.StudySpec)
+
+
+# ----------------------------------------------------------------- run settings outside the fingerprint
+#: a study written before checkpoint_every and loggers existed, and the fingerprint it had then: a study folder
+#: started from it must still resume (the fingerprint is what a resume checks)
+OLD_STUDY = {"name": "t", "problems": ["toy-small"], "methods": {"gd": {"lr": [0.1, 0.5]}}, "seeds": 2,
+             "budget": {"iterations": 10}}
+OLD_FINGERPRINT = "768df415a7d8b8ee"
+
+
+def test_checkpoint_every_defaults_to_a_minute_and_zero_or_null_is_never():
+    assert parse().checkpoint_every == 60.0
+    assert parse(checkpoint_every=5).checkpoint_every == 5.0 and parse(checkpoint_every=0.5).checkpoint_every == 0.5
+    assert parse(checkpoint_every=0).checkpoint_every is None
+    assert parse(checkpoint_every=None).checkpoint_every is None
+    assert parse(checkpoint_every=30).to_json()["checkpoint_every"] == 30.0
+
+
+@pytest.mark.parametrize("value", [-1, "60s", True, float("inf"), [60], {"seconds": 60}])
+def test_a_bad_checkpoint_every_is_named_with_what_is_allowed(value):
+    with pytest.raises(StudySpecError) as err:
+        parse(checkpoint_every=value)
+    msg = str(err.value)
+    assert msg.startswith("t.yaml: checkpoint_every: expected seconds between checkpoints (a number > 0), or "
+                          "null or 0 for never, got "), msg
+    assert err.value.option == "checkpoint_every" and err.value.value == value
+
+
+def test_new_run_settings_keep_the_fingerprint_of_existing_studies(tmp_path):
+    old = parse_study(OLD_STUDY, source="t.yaml")
+    assert old.fingerprint == OLD_FINGERPRINT
+    # the defaults written out, other values, in the file: the same trials, so the same fingerprint
+    for extra in ({"checkpoint_every": 60, "loggers": []}, {"checkpoint_every": None, "loggers": ["tensorboard"]},
+                  {"checkpoint_every": 0.5}, {"loggers": "tensorboard"}):
+        assert parse_study({**OLD_STUDY, **extra}, source="t.yaml").fingerprint == OLD_FINGERPRINT, extra
+    # ... and what ran is still recorded
+    body = parse_study({**OLD_STUDY, "checkpoint_every": 5, "loggers": ["tensorboard"]}, source="t.yaml").to_json()
+    assert body["checkpoint_every"] == 5.0 and body["loggers"] == ["tensorboard"]
+    assert parse_study({**OLD_STUDY, "seeds": 3}, source="t.yaml").fingerprint != OLD_FINGERPRINT
+    # nor do they in a smoke: block
+    path = write(tmp_path, """
+        name: s
+        problems: [toy-small]
+        methods: [gd]
+        smoke: {seeds: 1, checkpoint_every: null, loggers: [tensorboard]}
+    """)
+    plain = write(tmp_path, "name: s\nproblems: [toy-small]\nmethods: [gd]\nsmoke: {seeds: 1}\n", "plain.yaml")
+    assert load_study_spec(path, smoke=True).fingerprint == load_study_spec(plain, smoke=True).fingerprint
