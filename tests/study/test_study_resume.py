@@ -150,6 +150,8 @@ def test_a_killed_trial_actor_is_retried(ray_cluster, tmp_path):
 def test_a_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     """kill -9 of the trial's worker after a checkpoint: Tune retries the trial from it; its rows go on with no
     gap and no duplicate, and the trajectory is the uninterrupted run's, bit for bit."""
+    import torch
+
     from sqn_ray import minimize
     from sqn_ray.problems import get_problem
 
@@ -177,7 +179,12 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path
     assert tr.resumed_from.iloc[0] > 0  # continued from a checkpoint, not from iteration 0
     assert not it.duplicated(["trial_id", "iteration"]).any()
     toy = get_problem("toy-small")
-    whole = minimize(toy.oracle, toy.init(0), "s-lbfgs", memory=3, seed=0, max_iters=iterations)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran (and two threads beside Ray's workers on 2 cores crawl)
+    try:
+        whole = minimize(toy.oracle, toy.init(0), "s-lbfgs", memory=3, seed=0, max_iters=iterations)
+    finally:
+        torch.set_num_threads(threads)
     assert list(it.iteration) == list(whole.history.iteration)  # no gap
     for column in ("loss", "grad_norm", "n_grad", "step_size", "s_norm"):  # exactly equal (NaN where NaN)
         np.testing.assert_array_equal(it[column].to_numpy(), whole.history[column].to_numpy(), err_msg=column)
