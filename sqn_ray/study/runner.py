@@ -61,7 +61,8 @@ class StudyOutcome:
         iterations_path, trials_path: ``out_dir/iterations.parquet`` and ``out_dir/trials.parquet``.
         resumed: whether the call continued a study the folder already held.
         replayed: trials finished earlier whose results were replayed from the folder, not rerun.
-        extra: free-form additions (empty as returned here).
+        extra: free-form additions: ``bytes_written``, the bytes the results store wrote by kind (segments,
+            parts, live trials.parquet, final files).
         done: (property) the trials with a final status.
         exit_code: (property) 130 when interrupted, else 0: the CLI's exit status.
     """
@@ -438,7 +439,8 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     return StudyOutcome(out_dir=out, total=study.num_trials, counts=counts, interrupted=done < study.num_trials,
                         wall_time=time.monotonic() - t_begin, ray_start_time=ray_start,
                         iterations_path=store.iterations_path, trials_path=store.trials_path,
-                        resumed=state is not None, replayed=callback.replayed)
+                        resumed=state is not None, replayed=callback.replayed,
+                        extra={"bytes_written": dict(store.bytes_written)})
 
 
 def _tune_state_usable(experiment: Path, recorded: dict) -> tuple[bool, str]:
