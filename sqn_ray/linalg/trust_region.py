@@ -193,3 +193,68 @@ def solve_tr(model: ReducedModel, radius: float, solver: str) -> TRStep:
     if solver == "exact":
         return exact_tr(model, radius)
     raise ValueError(f"tr_solver={solver!r} is not one of ('cg-steihaug', 'exact')")
+
+
+@dataclass(frozen=True)
+class MatrixFreeTRStep:
+    """A trust-region step found with Hessian-vector products only (:func:`cg_steihaug_hvp`)."""
+
+    p: torch.Tensor  # the step, in R^d
+    model_decrease: float  # −(gᵀp + ½ pᵀHp) ≥ 0: the decrease the quadratic model predicts
+    iterations: int  # CG iterations = Hessian-vector products used
+    on_boundary: bool
+
+
+def newton_cg_tolerance(grad_norm: float) -> float:
+    """The forcing term of truncated Newton-CG (N&W Alg. 7.1): stop CG at ‖r‖ ≤ min(0.5, √‖g‖) ‖g‖, which
+    keeps the local convergence superlinear without solving the Newton system exactly."""
+    return min(0.5, float(np.sqrt(grad_norm))) * grad_norm
+
+
+def cg_steihaug_hvp(g: torch.Tensor, hvp: Callable[[torch.Tensor], torch.Tensor], radius: float, *,
+                    max_iters: int | None = None, tol: float | None = None) -> MatrixFreeTRStep:
+    """Steihaug's truncated CG (N&W Alg. 7.2) on the model gᵀp + ½ pᵀHp, ‖p‖ ≤ Δ, with H applied only
+    through ``hvp(v) = H v`` (one call per CG iteration, nothing else), in the dtype of ``g``.
+
+    Stops at ‖r‖ ≤ ``tol`` (default :func:`newton_cg_tolerance`), at the boundary when a step leaves the region
+    or meets curvature dᵀHd ≤ 1e-12·‖d‖² (negative or flat: the model is unbounded along d), or after
+    ``max_iters`` (default d) iterations. The model value is tracked through the products already made
+    (H p = Σ α_j H d_j), so the predicted decrease costs no extra product."""
+    d_dim = g.numel()
+    max_iters = d_dim if max_iters is None else max_iters
+    gnorm = float(g.norm())
+    tol = newton_cg_tolerance(gnorm) if tol is None else tol
+    z = torch.zeros_like(g)
+    Hz = torch.zeros_like(g)
+    if gnorm <= max(tol, CG_GRAD_TOL):
+        return MatrixFreeTRStep(z, 0.0, 0, False)
+    r = g.clone()
+    d = -r
+    rr = float(r @ r)
+
+    def finish(p, Hp, iterations, on_boundary):
+        decrease = -(float(g @ p) + 0.5 * float(p @ Hp))
+        return MatrixFreeTRStep(p, decrease, iterations, on_boundary)
+
+    def boundary(z, Hz, d, Hd):
+        zd, dd, zz = float(z @ d), float(d @ d), float(z @ z)
+        tau = (-zd + np.sqrt(max(zd * zd + dd * (radius * radius - zz), 0.0))) / dd
+        return z + tau * d, Hz + tau * Hd
+
+    for it in range(1, max_iters + 1):
+        Hd = hvp(d)
+        dHd = float(d @ Hd)
+        if dHd <= CG_CURVATURE_TOL * float(d @ d):
+            return finish(*boundary(z, Hz, d, Hd), it, True)
+        alpha = rr / dHd
+        z_next = z + alpha * d
+        if float(z_next.norm()) >= radius:
+            return finish(*boundary(z, Hz, d, Hd), it, True)
+        Hz = Hz + alpha * Hd
+        r = r + alpha * Hd
+        rr_next = float(r @ r)
+        if np.sqrt(rr_next) <= tol:
+            return finish(z_next, Hz, it, False)
+        d = -r + (rr_next / rr) * d
+        rr, z = rr_next, z_next
+    return finish(z, Hz, max_iters, False)

@@ -27,7 +27,7 @@ from ..options import seed_or_none as _seed
 from ..options import unit_interval as _unit_interval
 from ..spectral import bfgs_family_matrix, compact_sr1_matrix, dense_sr1_matrix
 from .globalization import TrustRegionRule
-from .methods import Adam, GradientDescent, LineSearchMethod, TrustRegionMethod
+from .methods import Adam, GradientDescent, LineSearchMethod, NewtonTrustRegion, TrustRegionMethod
 
 TR_SOLVERS = ("cg-steihaug", "exact")
 FIRST_STEPS = ("gradient", "sampled")
@@ -170,6 +170,11 @@ _SPECS = [
                                                c1=o["c1"], trial_step=o["trial_step"], on_failure="restart"),
                # dense BFGS scales H0 once, from its first accepted pair; L-BFGS rescales from the newest
                family="classical QN", model_matrix=partial(bfgs_family_matrix, scale_from="first")),
+    MethodSpec("newton-tr", "Newton on the exact Hessian (Hessian-vector products), trust region",
+               {**TRUST, **SEED},
+               lambda o, obj: NewtonTrustRegion(tr_solver=o["tr_solver"], initial_radius=o["initial_trust_radius"],
+                                                rule=TrustRegionRule(eta1=o["eta1"])),
+               family="second order"),
     MethodSpec("gd", "gradient descent with a fixed learning rate",
                {"lr": OptionSpec(0.1, _positive_float, "learning rate"), **SEED},
                lambda o, obj: GradientDescent(lr=o["lr"]),
@@ -195,7 +200,7 @@ _SPECS = [
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 #: the families of methods, in the order the analysis lists them
-FAMILIES = ("sampled QN", "classical QN", "first order", "external anchor")
+FAMILIES = ("sampled QN", "classical QN", "second order", "first order", "external anchor")
 SAMPLED_METHODS = tuple(m for m in METHODS if REGISTRY[m].family == "sampled QN")
 
 

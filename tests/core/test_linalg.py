@@ -6,7 +6,8 @@ import torch
 from sqn_ray.curvature.models import CompactLSR1, LBFGSInverse, angle_filter, gram_blocks
 from sqn_ray.linalg.lbfgs import compact_inverse_apply, dense_lbfgs_inverse, two_loop
 from sqn_ray.linalg.sr1 import CompactSR1, dense_sr1, sr1_filter
-from sqn_ray.linalg.trust_region import ReducedModel, cg_steihaug, exact_tr, reduce_compact, reduce_dense
+from sqn_ray.linalg.trust_region import (ReducedModel, cg_steihaug, cg_steihaug_hvp, exact_tr, newton_cg_tolerance,
+                                        reduce_compact, reduce_dense)
 
 torch.set_default_dtype(torch.float64)
 
@@ -236,3 +237,48 @@ def test_cg_steihaug_reference_tolerances():
     step = cg_steihaug(model, 2.0)
     np.testing.assert_allclose(step.a, [-1.2, -1.6])
     assert step.on_boundary
+
+
+def _spd(d, seed, shift=0.1):
+    A = torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return A @ A.T / d + shift * torch.eye(d, dtype=torch.float64)
+
+
+def _counted(H):
+    calls = []
+
+    def hvp(v):
+        calls.append(1)
+        return H @ v
+    return hvp, calls
+
+
+def test_matrix_free_cg_steihaug_solves_the_newton_system_inside_a_large_region():
+    H = _spd(12, 0)
+    g = torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    hvp, calls = _counted(H)
+    step = cg_steihaug_hvp(g, hvp, radius=1e6, tol=1e-12)
+    assert torch.allclose(step.p, -torch.linalg.solve(H, g), atol=1e-9) and not step.on_boundary
+    assert step.iterations == len(calls) <= 12  # one product per CG iteration, at most d (exact arithmetic: d)
+    assert step.model_decrease == pytest.approx(-(float(g @ step.p) + 0.5 * float(step.p @ H @ step.p)), rel=1e-12)
+
+
+@pytest.mark.parametrize("indefinite", [False, True])
+def test_matrix_free_cg_steihaug_stops_on_the_boundary_with_a_model_decrease(indefinite):
+    H = _spd(10, 2) - (2.0 * torch.eye(10, dtype=torch.float64) if indefinite else 0.0)
+    g = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    hvp, calls = _counted(H)
+    step = cg_steihaug_hvp(g, hvp, radius=0.05)
+    assert step.on_boundary and float(step.p.norm()) == pytest.approx(0.05, rel=1e-12)
+    exact = -(float(g @ step.p) + 0.5 * float(step.p @ H @ step.p))
+    assert step.model_decrease == pytest.approx(exact, rel=1e-10) and step.model_decrease > 0
+    assert step.iterations == len(calls)
+
+
+def test_matrix_free_cg_steihaug_uses_the_newton_cg_forcing_term():
+    H = _spd(30, 4, shift=1e-3)
+    g = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    step = cg_steihaug_hvp(g, lambda v: H @ v, radius=1e6)
+    residual = float((H @ step.p + g).norm())
+    assert residual <= newton_cg_tolerance(float(g.norm())) * (1 + 1e-9)
+    assert newton_cg_tolerance(4.0) == 2.0 and newton_cg_tolerance(0.01) == pytest.approx(0.001)

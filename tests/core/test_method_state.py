@@ -49,7 +49,7 @@ def toy():
 
 
 def test_step_methods_are_every_registered_method_but_the_anchors():
-    assert set(STEP_METHODS) == {"s-lsr1", "s-lbfgs", "lsr1", "lbfgs", "sr1", "bfgs", "gd", "adam"}
+    assert set(STEP_METHODS) == {"s-lsr1", "s-lbfgs", "lsr1", "lbfgs", "sr1", "bfgs", "newton-tr", "gd", "adam"}
 
 
 @pytest.mark.parametrize("method, options", VARIANTS, ids=[f"{m}{o or ''}" for m, o in VARIANTS])
@@ -188,7 +188,7 @@ def test_the_restart_policy_after_a_failed_search_is_an_explicit_option(on_failu
     objective = Objective(_StalledLine())
     emitted = []
     outcome = method.run(objective, torch.tensor([1.0, -2.0], dtype=torch.float64), 5, 0.0,
-                         lambda w, f, g, fields: emitted.append(fields) and None)
+                         lambda w, f, g, fields, **_: emitted.append(fields) and None)
     assert outcome.status == expect
     assert all(not f["accepted"] for f in emitted[1:]) and "stalled" not in emitted[-1]
     assert len(emitted) == (2 if expect == "stalled" else 6)
