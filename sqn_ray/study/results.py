@@ -708,6 +708,8 @@ class ResultStore:
         return t.buffer[0] if len(t.buffer) == 1 else pa.concat_tables(t.buffer, promote_options="permissive")
 
     def _write(self, table: pa.Table, path: Path, kind: str, **options) -> None:
+        if kind in ("segments", "parts"):  # read back whole, never filtered: no column statistics (a part's
+            options.setdefault("write_statistics", False)  # footer is most of a short trial's file)
         write_table_atomic(table, path, **options)
         self.bytes_written[kind] += path.stat().st_size
 
