@@ -940,7 +940,7 @@ class ResultStore:
 
         Live ``trials.parquet`` rewrites (the file is small: one row per trial) happen at most every
         ``min_flush_interval`` seconds, never more than ~3 % of the time, and only while their bytes stay
-        within half of the rows' bytes written so far (plus 1 MB), so they never dominate what the driver
+        within a tenth of the rows' bytes written so far (plus 1 MB), so they never dominate what the driver
         writes."""
         with self._write_lock:
             if force:
@@ -955,7 +955,7 @@ class ResultStore:
                         wrote = True
                 due = (self._trials_dirty and now - self._last_trials_write >= max(self.min_flush_interval,
                                                                                       30 * self._trials_cost)
-                       and self.bytes_written["trials"] <= 2**20 + 0.5 * (self.bytes_written["segments"]
+                       and self.bytes_written["trials"] <= 2**20 + 0.1 * (self.bytes_written["segments"]
                                                                           + self.bytes_written["parts"]))
                 trials = self.trials_table() if due else None
                 if due:

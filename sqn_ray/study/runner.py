@@ -131,9 +131,10 @@ def _plain_tune_actors(embedded: bool):
 
 #: Tune's experiment state is ~5 KB a trial, written whole (and copied into DIR/.tune) at every snapshot, every
 #: 10 s by default: on a 1,200-trial study that is gigabytes, 100x the results. The folder's parts are the
-#: source of truth (finished trials replay from them, a stale Tune state is merely older), so the snapshots are
-#: spaced with the study's size: 60 s, plus 0.5 s a trial, at most 15 min (Tune still snapshots at the end).
-SNAPSHOT_SECONDS = (60.0, 0.5, 900.0)
+#: source of truth (finished trials replay from them, a stale Tune state is merely older: a resumed trial may
+#: restart from an older checkpoint), so the snapshots are spaced with the study's size: 60 s, plus 1 s a trial,
+#: at most 30 min (Tune also snapshots at the end, and after a trial's every second checkpoint).
+SNAPSHOT_SECONDS = (60.0, 1.0, 1800.0)
 
 
 @contextlib.contextmanager
