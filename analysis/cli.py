@@ -44,6 +44,9 @@ def report_command(args) -> int:
     import os
 
     os.environ.setdefault("MPLBACKEND", "Agg")
+    import textwrap
+
+    from .findings import markdown_table
     from .report import build_report
 
     rep = build_report(args.dir, args.out, eigen=args.eigen, formats=args.format)
@@ -52,11 +55,15 @@ def report_command(args) -> int:
           f"{len(study.iterations)} iteration rows" + (f", {study.running} still running" if study.running else ""))
     for f in rep.findings:
         print(f"  - {f}")
+        if f.table is not None and len(f.table):  # the ranked rows, best and worst only (findings.md has them too)
+            print(textwrap.indent(markdown_table(f.table, table_name=f.table_name), "      "))
     for stem, reason in rep.no_data.items():
         print(f"  {stem}: no data ({reason})")
+    for stem, reason in rep.skipped.items():
+        print(f"  {stem}: not drawn ({reason})")
     for part, err in rep.errors.items():
         print(f"sqn-ray report: {part} failed: {err.strip().splitlines()[-1]}", file=sys.stderr)
-    print(f"wrote {rep.path} (+ {sum(len(v) for v in rep.figures.values())} figure files, tables/*.csv)")
+    print(f"wrote {rep.path} (+ {sum(len(v) for v in rep.figures.values())} figure files, findings.md, tables/*.csv)")
     return 1 if rep.errors else 0
 
 

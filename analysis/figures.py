@@ -12,26 +12,34 @@ Curves are the median across seeds with the interquartile range (25–75 %) as a
 onto a common grid of the x-axis, holding its last value once it has stopped (a solved run stays solved).
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state, any backend; files are
 rendered by Agg). A figure without data says so in its own panel instead of raising; ``fig.no_data`` then
-holds the reason.
+holds the reason. A figure that would show nothing worth a figure (a sensitivity "grid" of a single m × r cell)
+is a small placeholder whose ``fig.skipped`` holds the one-line reason; the report then draws no figure and
+prints the reason. Titles are wrapped to the width they have (measured with the font's metrics), so no title
+runs past the figure's edge however long the problem and config names are.
 """
 from __future__ import annotations
 
+import colorsys
 import io
 import itertools
-import warnings
+import math
 from contextlib import contextmanager
 
 import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
+from matplotlib.colors import LinearSegmentedColormap, to_rgb
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.text import Text
+from matplotlib.textpath import TextToPath
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from . import tables as T
 from .load import ANCHORS, LN2, SAMPLED, StudyResults
 
 __all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "FIGURES",
-           "palette", "resample", "save", "to_png"]
+           "palette", "resample", "save", "to_png", "wrap_text", "freeze_layout"]
 
 X_AXES = {"iteration": "iterations", "grad_equivalents": "gradient-equivalents (≈ epochs)",
           "wall_time": "wall time (s, optimizer only)"}
@@ -44,12 +52,54 @@ FAMILY_DASHES = {"sampled QN": "", "classical QN": (5, 2), "first order": (1, 2)
 
 
 # ------------------------------------------------------------------------------------------- helpers
+#: seaborn 0.13's "whitegrid" style and "notebook" context at font_scale 0.85, written out: importing seaborn
+#: costs ~2.5 s (it imports scipy.stats), a tenth of a large study's report; these figures need only its look
+_SEABORN_WHITEGRID = {
+    "figure.facecolor": "white", "axes.labelcolor": ".15", "xtick.direction": "out", "ytick.direction": "out",
+    "xtick.color": ".15", "ytick.color": ".15", "axes.axisbelow": True, "grid.linestyle": "-", "text.color": ".15",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "lines.solid_capstyle": "round", "patch.edgecolor": "w", "patch.force_edgecolor": True, "xtick.top": False,
+    "ytick.right": False, "axes.grid": True, "axes.facecolor": "white", "axes.edgecolor": ".8", "grid.color": ".8",
+    "axes.spines.left": True, "axes.spines.bottom": True, "axes.spines.right": True, "axes.spines.top": True,
+    "xtick.bottom": False, "ytick.left": False,
+    "axes.linewidth": 1.25, "grid.linewidth": 1, "lines.linewidth": 1.5, "lines.markersize": 6, "patch.linewidth": 1,
+    "xtick.major.width": 1.25, "ytick.major.width": 1.25, "xtick.minor.width": 1, "ytick.minor.width": 1,
+    "xtick.major.size": 6, "ytick.major.size": 6, "xtick.minor.size": 4, "ytick.minor.size": 4,
+    "font.size": 10.2, "axes.labelsize": 10.2, "axes.titlesize": 10.2, "xtick.labelsize": 9.35,
+    "ytick.labelsize": 9.35, "legend.fontsize": 9.35, "legend.title_fontsize": 10.2,
+}
+
+
 @contextmanager
 def _style():
-    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
-          "figure.dpi": 100, "savefig.dpi": 110, "axes.titleweight": "bold"}
+    rc = {**_SEABORN_WHITEGRID, "figure.dpi": 100, "savefig.dpi": 110, "axes.titleweight": "bold",
+          # titles at a fixed height above their axes (no axis draws labels on top): matplotlib's automatic
+          # placement re-measures every tick label at each draw, a third of the drawing time of a big figure
+          "axes.titley": 1.0}
     with matplotlib.rc_context(rc):
         yield
+
+
+def _blend(colors, n: int) -> list[tuple]:
+    """``n`` colours evenly along the gradient through ``colors``."""
+    cmap = LinearSegmentedColormap.from_list("blend", [to_rgb(c) for c in colors])
+    return [tuple(cmap(x)[:3]) for x in np.linspace(0, 1, n)]
+
+
+def _with_lightness(color, lightness: float) -> tuple:
+    h, _, s = colorsys.rgb_to_hls(*to_rgb(color))
+    return colorsys.hls_to_rgb(h, lightness, s)
+
+
+def _hues(n: int) -> list[tuple]:
+    """``n`` evenly spaced hues of equal lightness and saturation."""
+    return [colorsys.hls_to_rgb(i / n, 0.6, 0.65) for i in range(n)]
+
+
+def _qualitative(name: str, n: int) -> list[tuple]:
+    """The first ``n`` colours of one of matplotlib's qualitative colour maps (Set2, Pastel1, ...)."""
+    return list(matplotlib.colormaps[name].colors[:n])
 
 
 #: one hue per method, kept across every figure and study (variants of a method get shades of it)
@@ -68,15 +118,15 @@ def palette(configs: list[str]) -> dict[str, tuple]:
     out, groups = {}, {}
     for c in configs:
         groups.setdefault(_method_of(c), []).append(c)
-    extra = iter(sns.color_palette("husl", max(1, sum(m not in METHOD_COLORS for m in groups))))
+    extra = iter(_hues(max(1, sum(m not in METHOD_COLORS for m in groups))))
     for method, cs in groups.items():
         base = METHOD_COLORS.get(method) or next(extra)
         if len(cs) == 1:
-            out[cs[0]] = matplotlib.colors.to_rgb(base)
-        else:
-            light = sns.light_palette(base, 4)[1]
-            dark = sns.dark_palette(base, 4)[1]
-            out.update(zip(cs, sns.blend_palette([light, base, dark], len(cs))))
+            out[cs[0]] = to_rgb(base)
+        else:  # from a light to a dark shade of the method's hue, through the hue itself
+            light = _blend([_with_lightness(base, 0.95), base], 4)[1]
+            dark = _blend([_with_lightness(base, 0.15), base], 4)[1]
+            out.update(zip(cs, _blend([light, base, dark], len(cs))))
     return out
 
 
@@ -105,21 +155,107 @@ def _focus(study: StudyResults) -> tuple[StudyResults, list[str], str]:
     return study.of(configs, column="config"), configs, note
 
 
-def _no_data(title: str, reason: str) -> Figure:
+_TEXT_PATH = TextToPath()
+
+
+def _width_pt(text: str, prop: FontProperties) -> float:
+    """Width in points of one line of ``text`` in the font ``prop`` (the font's own metrics; no renderer)."""
+    return float(_TEXT_PATH.get_text_width_height_descent(text, prop, ismath=False)[0])
+
+
+def wrap_text(text: str, width_pt: float, prop: FontProperties) -> str:
+    """``text`` with line breaks between words so that every line is at most ``width_pt`` points wide in
+    ``prop`` (a single word wider than that keeps its own line); existing line breaks are kept."""
+    lines = []
+    for para in text.split("\n"):
+        if _width_pt(para, prop) <= width_pt:  # most titles fit as they are: one measurement
+            lines.append(para)
+            continue
+        line = ""
+        for word in para.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and _width_pt(candidate, prop) > width_pt:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _fit(text: Text | None, width_pt: float) -> None:
+    if text is not None and text.get_text():
+        text.set_text(wrap_text(text.get_text(), width_pt, text.get_fontproperties()))
+
+
+def _fit_titles(fig: Figure) -> None:
+    """Wrap the figure's titles to the room they have: the suptitle and super-labels to the figure's width,
+    each axes title to its axes' width (constrained layout then makes room for the extra lines)."""
+    width = fig.get_figwidth() * 72.0
+    for t in (getattr(fig, "_suptitle", None), getattr(fig, "_supxlabel", None)):
+        _fit(t, 0.94 * width)
+    for ax in fig.axes:
+        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+            continue
+        room = max(ax.get_position().width * width, 72.0)
+        for t in (ax.title, ax._left_title, ax._right_title):
+            _fit(t, room)
+
+
+def _no_data(title: str, reason: str, prefix: str = "no data: ") -> Figure:
     with _style():
         fig = Figure(figsize=(7, 1.6))
         ax = fig.subplots()
         ax.set_axis_off()
-        ax.text(0.5, 0.62, title, ha="center", va="center", fontsize=12, fontweight="bold", transform=ax.transAxes)
-        ax.text(0.5, 0.28, f"no data: {reason}", ha="center", va="center", fontsize=10, color="0.35",
-                transform=ax.transAxes, wrap=True)
+        for y, text, kw in ((0.66, title, {"fontsize": 12, "fontweight": "bold"}),
+                            (0.24, f"{prefix}{reason}", {"fontsize": 10, "color": "0.35"})):
+            t = ax.text(0.5, y, text, ha="center", va="center", transform=ax.transAxes, **kw)
+            _fit(t, 0.94 * 7 * 72)
     fig.no_data = reason
+    fig.skipped = None
     return fig
+
+
+def _skipped(title: str, reason: str) -> Figure:
+    """A placeholder for a figure that would show nothing worth a figure: ``fig.skipped`` is the reason (the
+    report then draws no figure and prints the reason in one line; a notebook still gets a figure that says so)."""
+    fig = _no_data(title, reason, prefix="not drawn: ")
+    fig.no_data, fig.skipped = None, reason
+    return fig
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _decade_label(v: float, _pos=None) -> str:
+    """A log axis' tick label as plain text: 1, 10, 10², 10⁻³ (matplotlib's default is mathtext, which costs a
+    parse and a layout per label per draw); other values as %g."""
+    if not v > 0:
+        return ""
+    k = math.log10(v)
+    if abs(k - round(k)) > 1e-9:
+        return f"{v:g}"
+    return {0: "1", 1: "10"}.get(round(k), "10" + str(round(k)).translate(_SUPERSCRIPT))
+
+
+def _lean_ticks(fig: Figure) -> None:
+    """Log axes spanning more than a decade: no minor ticks (matplotlib labels none of them there and the
+    whitegrid style draws neither their marks nor their grid lines, but each costs a tick object at every draw:
+    up to 40 per axis, most of a big figure's drawing time) and decade labels as plain text."""
+    for ax in fig.axes:
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = sorted((abs(lo), abs(hi)))
+            if axis.get_scale() == "log" and lo > 0 and hi / lo > 10:
+                axis.set_minor_locator(NullLocator())
+                axis.set_major_formatter(FuncFormatter(_decade_label))
 
 
 def _done(fig: Figure, title: str, note: str = "") -> Figure:
     fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=13, fontweight="bold")
+    _fit_titles(fig)
+    _lean_ticks(fig)
     fig.no_data = None
+    fig.skipped = None
     return fig
 
 
@@ -176,8 +312,8 @@ def resample(iterations: pd.DataFrame, x: str, y: str, *, points: int = 160, log
 
 def _median_band(ax, df: pd.DataFrame, colors: dict, hue_order: list[str]) -> None:
     """Median across seeds (step line, dash style by family) with the 25–75 % band, one line per config.
-    The quantiles are computed per grid point with one vectorized groupby (seaborn's per-point estimator
-    is too slow for hundreds of trials)."""
+    The quantiles are computed per grid point with one vectorized groupby (a per-point estimator is too slow
+    for hundreds of trials)."""
     df = df.dropna(subset=["y"])
     if df.empty:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", color="0.4", transform=ax.transAxes)
@@ -200,14 +336,23 @@ def to_png(fig: Figure, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
+def freeze_layout(fig: Figure) -> None:
+    """Keep the positions the layout engine found at the last draw and stop re-running it: a second file of
+    the same figure (SVG after PNG) then costs one draw, not a layout and a draw. The positions are fractions
+    of the figure, so they hold at any dpi."""
+    fig.set_layout_engine("none")
+
+
 def save(fig: Figure, path_stem, formats=("png", "svg")) -> list:
-    """Write ``fig`` as ``<path_stem>.png`` / ``.svg``; returns the paths."""
+    """Write ``fig`` as ``<path_stem>.png`` / ``.svg``; returns the paths. The layout is computed once, at the
+    first file (:func:`freeze_layout`)."""
     from pathlib import Path
 
     paths = []
     for fmt in formats:
         p = Path(f"{path_stem}.{fmt}")
         fig.savefig(p, format=fmt)
+        freeze_layout(fig)
         paths.append(p)
     return paths
 
@@ -259,7 +404,8 @@ def robustness(study: StudyResults) -> Figure:
     problems = study.problems
     colors = palette(configs)
     with _style():
-        fig = Figure(figsize=(5.2 * len(problems) + 1, 3.3 * 3), layout="constrained")
+        # at least 11 in wide: the legend and the config labels of the bottom row need ~5 in beside the axes
+        fig = Figure(figsize=(max(5.2 * len(problems) + 1, 11.0), 3.3 * 3), layout="constrained")
         axes = np.atleast_2d(fig.subplots(3, len(problems), squeeze=False))
         for r, axis in enumerate(("iteration", "grad_equivalents")):
             prof = T.profile(study, axis)
@@ -293,12 +439,8 @@ def robustness(study: StudyResults) -> Figure:
                         transform=ax.transAxes)
                 ax.set_yticks(range(len(order)), order)
             else:
-                with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert`
-                    warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
-                    sns.boxplot(data=solved, x="iters", y="config", order=order, hue="config", palette=colors,
-                                ax=ax, fliersize=0, width=0.5, legend=False, boxprops={"alpha": 0.35})
-                sns.stripplot(data=solved, x="iters", y="config", order=order, hue="config", palette=colors,
-                              ax=ax, size=5, legend=False, jitter=0.15)
+                _box_strip(ax, [solved.loc[solved["config"] == cf, "iters"].dropna().to_numpy() for cf in order],
+                           [colors[cf] for cf in order])
             counts = g.groupby("config")["solved"].agg(["sum", "size"])
             ax.set_yticks(range(len(order)), [f"{cf}  ({int(counts.loc[cf, 'sum'])}/{int(counts.loc[cf, 'size'])})"
                                              for cf in order])
@@ -310,65 +452,123 @@ def robustness(study: StudyResults) -> Figure:
 
 
 # ------------------------------------------------------------------------------------- 3 sensitivity
+def _option(sampling: str) -> str:
+    return "Option I (grad-diff)" if sampling == "grad-diff" else "Option II (hvp)"
+
+
+def _cell_text(values) -> str:
+    return ", ".join(f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in values)
+
+
+def _compact(v: float) -> str:
+    """A count in at most 4 characters of digits: 950, 1220, 12.3k, 1.2M."""
+    return f"{v:.0f}" if v < 1e4 else f"{v / 1e3:.3g}k" if v < 1e6 else f"{v / 1e6:.3g}M"
+
+
+def _grid(values: pd.Series, where: tuple, shape: tuple) -> np.ndarray:
+    """``values`` placed at (row, column) positions ``where`` of a ``shape`` array, NaN elsewhere (no run)."""
+    out = np.full(shape, np.nan)
+    out[where] = values.to_numpy(dtype=float)
+    return out
+
+
+def _box_strip(ax, values: list[np.ndarray], colors: list) -> None:
+    """One horizontal box (quartiles, whiskers to 1.5 IQR, no fliers) per row, the first row at the top, with
+    every value as a jittered dot on it (the jitter is seeded: the same data draw the same figure)."""
+    rng = np.random.default_rng(0)
+    rows = [(i, v, c) for i, (v, c) in enumerate(zip(values, colors)) if len(v)]
+    if rows:
+        box = ax.boxplot([v for _, v, _ in rows], positions=[i for i, _, _ in rows], orientation="horizontal",
+                         widths=0.5, showfliers=False, patch_artist=True, manage_ticks=False)
+        for patch, (_, _, c) in zip(box["boxes"], rows):
+            patch.set(facecolor=(*to_rgb(c), 0.35), edgecolor="0.3")
+        for part in ("medians", "whiskers", "caps"):
+            for line in box[part]:
+                line.set(color="0.3", lw=1.2)
+        for i, v, c in rows:
+            ax.scatter(v, i + rng.uniform(-0.15, 0.15, len(v)), s=25, color=c, zorder=3, lw=0)
+    ax.set_ylim(len(values) - 0.5, -0.5)
+
+
 def sensitivity(study: StudyResults) -> Figure:
-    """Figure 3: heatmaps over memory m × radius r of the median (over seeds) iterations and
-    gradient-equivalents to target, faceted by Option I/II and sampled method; unsolved runs count as ∞
-    (a cell shows '∞' when at least half its seeds failed). Under Option II the columns (r) are identical."""
+    """Figure 3: heatmaps over memory m × radius r of the median (over seeds) iterations to target, one panel per
+    problem, sampled method and Option I/II, one colour scale per problem; each cell also gives the median
+    gradient-equivalents to target and solved/seeds. Unsolved runs count as ∞ (a cell shows '∞' when at least
+    half its seeds failed). Under Option II the columns (r) are identical.
+
+    A (method, Option) whose runs cover a single m × r cell gets no panel (a 1 × 1 heatmap maps nothing; its
+    numbers are in the sensitivity table); when no (method, Option) has more than one cell the figure is
+    skipped (``fig.skipped`` says why)."""
     title = "3. Sensitivity of the sampled methods to m and r, Option I (grad-diff) vs II (hvp)"
     tab = T.sensitivity_table(study)
     if tab.empty:
         return _no_data(title, f"the study has no runs of the sampled methods ({', '.join(SAMPLED)})")
     any_solved = bool(tab["solved"].sum())
-    metrics = (["iterations to target", "grad-eq to target"] if any_solved else ["best loss"])
-    # columns: (method, Option); rows: problem × metric; one colour scale per row, so the Options compare
-    columns = [(m, s) for m in SAMPLED for s in ("grad-diff", "hvp")
-               if ((tab["method"] == m) & (tab["sampling"] == s)).any()]
+    metric = "iterations to target" if any_solved else "best loss"
+    # columns: (method, Option) with a grid of more than one cell; rows: problems, one colour scale per row
+    columns, single = [], []
+    for m, smp in ((m, smp) for m in SAMPLED for smp in ("grad-diff", "hvp")):
+        sel = tab[(tab["method"] == m) & (tab["sampling"] == smp)]
+        if sel.empty:
+            continue
+        ms, rs = sorted(sel["memory"].unique()), sorted(sel["radius"].unique())
+        (columns if len(ms) * len(rs) > 1 else single).append((m, smp, ms, rs))
+    lone = "; ".join(f"{m} · {_option(smp)}: m = {_cell_text(ms)}, r = {_cell_text(rs)}" for m, smp, ms, rs in single)
+    if not columns:
+        return _skipped(title, f"every sampled run is in a single m × r cell ({lone}), so there is no grid to map; "
+                               "its numbers are in the sensitivity table")
     problems = [p for p in study.problems if p in set(tab["problem"])]
-    ncol, nrow = len(columns), len(problems) * len(metrics)
-    nm = len(tab["memory"].unique())
-    nr = len(tab["radius"].unique())
+    ncol, nrow = len(columns), len(problems)
+    nm = max(len(ms) for _, _, ms, _ in columns)
+    nr = max(len(rs) for _, _, _, rs in columns)
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="0.85")  # grey: ∞ (unsolved) or no run
     with _style():
-        fig = Figure(figsize=(ncol * max(3.4, 0.9 * nr + 2.0), nrow * max(2.4, 0.55 * nm + 1.4)),
+        fig = Figure(figsize=(ncol * max(3.2, 0.85 * nr + 1.4) + 1.2, nrow * max(2.5, 0.6 * nm + 1.3)),
                      layout="constrained")
         axes = np.atleast_2d(fig.subplots(nrow, ncol, squeeze=False))
-        for (pi, problem), (k, metric), (c, (method, sampling)) in itertools.product(
-                enumerate(problems), enumerate(metrics), enumerate(columns)):
-            ax = axes[pi * len(metrics) + k, c]
-            sel = tab[(tab["problem"] == problem) & (tab["method"] == method) & (tab["sampling"] == sampling)]
-            opt = "Option I (grad-diff)" if sampling == "grad-diff" else "Option II (hvp)"
-            if sel.empty:
-                ax.set_axis_off()
-                ax.text(0.5, 0.5, f"{problem} · {method} · {opt}:\nno runs", ha="center", va="center",
-                        color="0.4", transform=ax.transAxes, fontsize=9)
-                continue
+        for row, problem in enumerate(problems):
             row_vals = tab.loc[tab["problem"] == problem, metric].replace(np.inf, np.nan).dropna()
             vmin, vmax = (float(row_vals.min()), float(row_vals.max())) if len(row_vals) else (0.0, 1.0)
-            grid = sel.pivot_table(index="memory", columns="radius", values=metric, aggfunc="first")
-            solved = sel.pivot_table(index="memory", columns="radius", values="solved", aggfunc="first")
-            n = sel.pivot_table(index="memory", columns="radius", values="trials", aggfunc="first")
-            shown = grid.replace([np.inf], np.nan).astype(float)
-            empty = bool(shown.isna().all().all())
-            sns.heatmap(shown, ax=ax, cmap="viridis_r", cbar=not empty, linewidths=0.5, linecolor="white",
-                        mask=shown.isna(), vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
-                        cbar_kws={"label": metric})
-            for a, i in enumerate(grid.index):  # annotate every cell, the masked (∞ / missing) ones too
-                for b, j in enumerate(grid.columns):
-                    v = grid.loc[i, j]
-                    txt = "∞" if v == np.inf else ("–" if pd.isna(v) else (f"{v:.3g}" if metric == "best loss"
-                                                                             else f"{v:.0f}"))
-                    if any_solved and not pd.isna(solved.loc[i, j]):
-                        txt += f"\n{int(solved.loc[i, j])}/{int(n.loc[i, j])}"
-                    ax.text(b + 0.5, a + 0.5, txt, ha="center", va="center", fontsize=8,
-                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
-            ax.set_facecolor("0.85")  # ∞ / missing cells
-            ax.grid(False)
-            ax.set_xticklabels([f"{r:g}" for r in grid.columns])
-            ax.set_yticklabels([f"{int(i)}" if float(i).is_integer() else f"{i:g}" for i in grid.index], rotation=0)
-            ax.set_xlabel("radius r")
-            ax.set_ylabel("memory m")
-            ax.set_title(f"{problem} · {method} · {opt}\n{metric}", fontsize=9)
-        note = ("median over seeds; unsolved runs count as ∞; cell text: value, solved/seeds"
-                if any_solved else "no run reached the target: colour = median best loss")
+            vmax = vmax if vmax > vmin else vmin + 1
+            image = None
+            for c, (method, sampling, ms, rs) in enumerate(columns):
+                ax = axes[row, c]
+                sel = tab[(tab["problem"] == problem) & (tab["method"] == method) & (tab["sampling"] == sampling)]
+                if sel.empty:
+                    ax.set_axis_off()
+                    ax.text(0.5, 0.5, f"{problem} · {method} · {_option(sampling)}:\nno runs", ha="center",
+                            va="center", color="0.4", transform=ax.transAxes, fontsize=9)
+                    continue
+                where = (np.searchsorted(ms, sel["memory"].to_numpy()), np.searchsorted(rs, sel["radius"].to_numpy()))
+                vals, ge, solved, n = (_grid(sel[col], where, (len(ms), len(rs)))
+                                       for col in (metric, "grad-eq to target", "solved", "trials"))
+                image = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
+                                  interpolation="nearest")
+                for a, b in itertools.product(range(len(ms)), range(len(rs))):  # every cell, ∞ / missing too
+                    v = vals[a, b]
+                    if np.isnan(v):
+                        txt = "–"
+                    elif not any_solved:
+                        txt = f"{v:.3g}"
+                    else:
+                        cost = f"{_compact(ge[a, b])} ge · " if np.isfinite(ge[a, b]) else ""
+                        txt = ("∞" if v == np.inf else f"{v:.0f} it") + f"\n{cost}{solved[a, b]:.0f}/{n[a, b]:.0f}"
+                    dark = np.isfinite(v) and (v - vmin) / (vmax - vmin) > 0.55  # viridis_r: dark at the top
+                    ax.text(b, a, txt, ha="center", va="center", fontsize=7.5, color="white" if dark else "black",
+                            in_layout=False)  # inside its cell: nothing for the layout to make room for
+                ax.grid(False)
+                ax.set_xticks(range(len(rs)), [f"{r:g}" for r in rs])
+                ax.set_yticks(range(len(ms)), [_cell_text([m]) for m in ms])
+                ax.set_xlabel("radius r")
+                ax.set_ylabel("memory m")
+                ax.set_title(f"{problem} · {method} · {_option(sampling)}", fontsize=9)
+            if image is not None and len(row_vals):
+                fig.colorbar(image, ax=list(axes[row, :]), label=f"{metric} (median)", shrink=0.9, pad=0.01)
+        note = ("median over seeds; unsolved runs count as ∞ (grey); cell text: iterations (it), "
+                "gradient-equivalents (ge) to target, solved/seeds"
+                if any_solved else "no run reached the target: colour and text = median best loss")
+        if single:
+            note += f"; a single cell, in the table only: {lone}"
         fig.supxlabel(note, fontsize=9, color="0.3")
     return _done(fig, title)
 
@@ -389,8 +589,8 @@ def cost(study: StudyResults) -> Figure:
     with _style():
         fig = Figure(figsize=(17, max(3.0, 0.42 * len(configs) + 1.6) * len(problems)), layout="constrained")
         axes = np.atleast_2d(fig.subplots(len(problems), 3, squeeze=False))
-        phase_colors = sns.color_palette("Set2", len(T.PHASES))
-        kind_colors = sns.color_palette("Pastel1", len(T.KINDS))
+        phase_colors = _qualitative("Set2", len(T.PHASES))
+        kind_colors = _qualitative("Pastel1", len(T.KINDS))
         for i, problem in enumerate(problems):
             c = ct[ct["problem"] == problem].set_index("config")
             c = c.loc[[cf for cf in configs if cf in c.index][::-1]]

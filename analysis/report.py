@@ -7,7 +7,13 @@
 * ``report.html``: one file, figures embedded as PNG (base64), tables as HTML, no external resource, so it
   opens offline and can be mailed around;
 * ``fig1-convergence.png`` / ``.svg`` ... ``fig6-anchors``: the figures beside it;
-* ``tables/*.csv``: every table.
+* ``tables/*.csv``: every table;
+* ``findings.md``: the findings as Markdown (each problem's headline and its ranked table).
+
+The page reads the same at 10 or 1,000 configurations: the findings give each problem a one-sentence headline and
+a ranked table of its best and worst :data:`~analysis.tables.TOP_K` configurations (the rest collapsed into one
+row naming the CSV), and a table longer than :data:`INLINE_ROWS` rows is folded (``<details>``). A figure that
+would show nothing worth drawing (a sensitivity "grid" of one cell) is skipped with a one-line reason.
 
 A partial study (running, interrupted, some methods only, no eigen.parquet) still gives a full report: a figure
 without data says so. A figure or table that fails is reported in the page and in ``Report.errors`` instead of
@@ -18,7 +24,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +32,14 @@ import pandas as pd
 
 from . import figures as F
 from . import tables as T
+from .findings import collapsed_row
 from .findings import findings as compute_findings
 from .load import StudyResults, load_results
 
-__all__ = ["build_report", "Report", "render_table", "CAPTIONS"]
+__all__ = ["build_report", "Report", "render_table", "render_ranked", "CAPTIONS", "INLINE_ROWS"]
+
+#: tables longer than this are folded into a <details> element (every row stays in the page and in the CSV)
+INLINE_ROWS = 30
 
 CAPTIONS = {
     "fig1-convergence": (
@@ -44,9 +53,10 @@ CAPTIONS = {
         "run (box = quartiles), with solved/seeds beside each config."),
     "fig3-sensitivity": (
         "Sampled methods over memory m × radius r, one panel per problem, method and Option (I: gradient "
-        "differences, II: Hessian-vector products). Cells: median over seeds of the iterations (and "
-        "gradient-equivalents) to the target, unsolved runs counted as ∞, with solved/seeds. Option II is "
-        "invariant to r (Y = ∇²F·S is linear in S): its columns must be identical; Option I's need not be."),
+        "differences, II: Hessian-vector products). Cells: colour and first number, the median over seeds of the "
+        "iterations to the target (unsolved runs counted as ∞); then the median gradient-equivalents to it and "
+        "solved/seeds. Option II is invariant to r (Y = ∇²F·S is linear in S): its columns must be identical; "
+        "Option I's need not be. A method and Option run at a single (m, r) has no panel (it is in the table)."),
     "fig4-cost": (
         "Measured cost of one iteration (median over seeds of each run's mean): wall time split into the "
         "gradient at the new point, pair sampling, linear algebra (pair filter, model, direction or TR subproblem) "
@@ -83,7 +93,8 @@ table.data td:nth-child(2){text-align:left}
 .error{background:#fdecea;border-left:4px solid #d93025;padding:.4em .8em;white-space:pre-wrap;\
 font-family:monospace;font-size:.85em}
 ul.findings li{margin:.3em 0} details{margin:.6em 0} pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
-.files{font-size:.85em;color:#555}
+.files{font-size:.85em;color:#555} tr.more td{text-align:center;color:#666;font-style:italic;background:#fafafa}
+p.headline{margin:.3em 0 .2em}
 """
 
 
@@ -96,25 +107,14 @@ class Report:
     study: StudyResults
     figures: dict[str, list[Path]] = field(default_factory=dict)
     no_data: dict[str, str] = field(default_factory=dict)
+    #: figures not drawn because they would show nothing (stem -> the one-line reason in the page)
+    skipped: dict[str, str] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     findings: list = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int,)) or (hasattr(v, "dtype") and "int" in str(getattr(v, "dtype", ""))):
-        return f"{int(v):,}".replace(",", " ")
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "∞" if v > 0 else "−∞"
-        if v.is_integer() and abs(v) < 1e7:
-            return f"{int(v)}"
-        return f"{v:.4g}"
-    return str(v)
+_fmt = T.fmt_cell  # the report's number format (kept under its old name)
 
 
 def render_table(df: pd.DataFrame, caption: str | None = None, max_rows: int = 400) -> str:
@@ -130,6 +130,51 @@ def render_table(df: pd.DataFrame, caption: str | None = None, max_rows: int = 4
                    for row in df.itertuples(index=False, name=None))
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}'
+
+
+def _rows_html(df: pd.DataFrame) -> str:
+    return "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False, name=None))
+
+
+def render_ranked(df: pd.DataFrame, table_name: str | None = None, k: int = T.TOP_K) -> str:
+    """A ranked table (best first) as HTML: its first and last ``k`` rows, the ones between collapsed into one
+    row that says how many there are and which CSV holds them (:func:`analysis.tables.top_bottom`)."""
+    if df is None or df.empty:
+        return '<p class="nodata">no rows</p>'
+    top, hidden, bottom = T.top_bottom(df, k)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = _rows_html(top)
+    if hidden:
+        body += (f'<tr class="more"><td colspan="{len(df.columns)}">{html.escape(collapsed_row(hidden, table_name))}'
+                 f"</td></tr>" + _rows_html(bottom))
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _findings_html(found) -> str:
+    """Findings in order: sentences as a list; a finding with a ranked table as a headline paragraph and the
+    collapsed table under it."""
+    parts, items = [], []
+
+    def flush():
+        if items:
+            parts.append("<ul class='findings'>" + "".join(items) + "</ul>")
+            items.clear()
+
+    for f in found:
+        line = f"<b>{html.escape(f.topic)}</b>: {html.escape(f.text)}"
+        if f.table is None or f.table.empty:
+            items.append(f"<li>{line}</li>")
+            continue
+        flush()
+        parts.append(f"<p class='headline'>{line}</p>" + render_ranked(f.table, f.table_name))
+    flush()
+    return "".join(parts)
+
+
+def findings_markdown(study: StudyResults, found) -> str:
+    """The findings as a Markdown document (``findings.md``): each one a paragraph, ranked tables collapsed."""
+    return f"# Findings: {study.name}\n\n" + "\n\n".join(f.markdown() for f in found) + "\n"
 
 
 def _figure_tables(study: StudyResults) -> dict[str, list[tuple[str, callable]]]:
@@ -166,6 +211,8 @@ TABLE_TITLES = {
     "cost_poster": "The poster's cost and storage table at this problem's n, d, m and the measured κ",
     "eigen": "Extreme eigenvalues per point and matrix", "anchors": "Our LBFGS / BFGS and the external anchors",
     "anchor_pairs": "Anchor vs our twin, same seeds",
+    "ranking": "Every configuration ranked per problem: most seeds at the target, then fewest gradient-equivalents "
+               "to it, then lowest final loss",
 }
 
 
@@ -183,6 +230,63 @@ def _meta_html(study: StudyResults) -> str:
     return "<p class='meta'>" + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in rows) + "</p>"
 
 
+@dataclass
+class _Drawn:
+    """What drawing one figure gave: the PNG bytes and files written, or why there is no figure."""
+
+    stem: str
+    png: bytes | None = None
+    paths: list[Path] = field(default_factory=list)
+    no_data: str | None = None
+    skipped: str | None = None
+    error: str | None = None
+
+
+def _draw(study: StudyResults, stem: str, out: Path, formats, dpi: int) -> _Drawn:
+    """Draw figure ``stem`` of ``study`` and write its files into ``out`` (the layout is computed once, for the
+    PNG; the SVG reuses it). A failure is returned, not raised: one figure must not cost the others."""
+    fn = {s: f for s, _, f in F.FIGURES}[stem]
+    try:
+        fig = fn(study)
+        if getattr(fig, "skipped", None):
+            return _Drawn(stem, skipped=fig.skipped)
+        png = F.to_png(fig, dpi=dpi)
+        F.freeze_layout(fig)
+        paths = []
+        for fmt in formats:
+            p = out / f"{stem}.{fmt}"
+            if fmt == "png":
+                p.write_bytes(png)
+            else:
+                fig.savefig(p, format=fmt)
+            paths.append(p)
+        return _Drawn(stem, png=png, paths=paths, no_data=getattr(fig, "no_data", None) or None)
+    except Exception as e:  # noqa: BLE001
+        return _Drawn(stem, error="".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:])
+
+
+def _figure_html(rep: Report, title: str, drawn: _Drawn) -> str:
+    """A drawn figure's HTML (the embedded PNG and caption, after a no-data note), or the one-line reason it
+    was not drawn; records it in ``rep``."""
+    stem = drawn.stem
+    if drawn.error:
+        rep.errors[stem] = drawn.error
+        return f'<p class="error">figure failed:\n{html.escape(drawn.error)}</p>'
+    if drawn.skipped:
+        rep.skipped[stem] = drawn.skipped
+        return f'<p class="nodata">Figure not drawn: {html.escape(drawn.skipped)}</p>'
+    rep.figures[stem] = drawn.paths
+    note = ""
+    if drawn.no_data:
+        rep.no_data[stem] = drawn.no_data
+        note = f'<p class="nodata">No data for this figure: {html.escape(drawn.no_data)}</p>'
+    b64 = base64.b64encode(drawn.png).decode()
+    files = " · ".join(f'<a href="{p.name}">{p.name}</a>' for p in drawn.paths)
+    return (f'{note}<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
+            f'<figcaption>{html.escape(CAPTIONS.get(stem, ""))} <span class="files">({files})</span>'
+            f'</figcaption></figure>')
+
+
 def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"), dpi: int = 110) -> Report:
     """Write the report of the study in ``study_dir`` (see the module docstring); returns a :class:`Report`."""
     study = load_results(study_dir, eigen=eigen)
@@ -190,8 +294,22 @@ def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"),
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     rep = Report(path=out / "report.html", out_dir=out, study=study)
+    with T.cached():  # the page, the findings and the figures share the tables
+        parts = _page(rep, lambda stem: _draw(study, stem, out, formats, dpi))
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sqn-ray report: "
+            f"{html.escape(study.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    tmp = rep.path.with_name(f".{rep.path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(rep.path)
+    return rep
 
-    def table(name, fn):
+
+def _page(rep: Report, drawn) -> list[str]:
+    """The parts of the page, in order: computes the findings and tables (into ``rep``), writes their files and
+    draws the figures (``drawn(stem)``)."""
+    study, out = rep.study, rep.out_dir
+
+    def table(name, fn, fold=True):
         try:
             df = fn()
         except Exception as e:  # noqa: BLE001 - one failing table must not cost the whole report
@@ -200,45 +318,29 @@ def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"),
         rep.tables[name] = df
         if df is not None and not df.empty:
             df.to_csv(out / "tables" / f"{name}.csv", index=False)
-        return f"<h3>{html.escape(TABLE_TITLES.get(name, name))}</h3>" + render_table(df)
+        head = f"<h3>{html.escape(TABLE_TITLES.get(name, name))}</h3>"
+        if fold and df is not None and len(df) > INLINE_ROWS:
+            return (f"{head}<details><summary>{len(df)} rows (also in tables/{html.escape(name)}.csv)</summary>"
+                    f"{render_table(df)}</details>")
+        return head + render_table(df)
 
     rep.findings = compute_findings(study)
     parts = [f"<h1>sqn-ray report: {html.escape(study.name)}</h1>", _meta_html(study)]
-    parts.append("<h2>Findings</h2><ul class='findings'>" + "".join(
-        f"<li><b>{html.escape(f.topic)}</b>: {html.escape(f.text)}</li>" for f in rep.findings) + "</ul>")
-    parts.append("<h2>Summary</h2>" + table("summary", lambda: T.summary_table(study)))
+    parts.append("<h2>Findings</h2>" + _findings_html(rep.findings))
+    (out / "findings.md").write_text(findings_markdown(study, rep.findings), encoding="utf-8")
+    parts.append("<h2>Summary</h2>" + table("summary", lambda: T.summary_table(study))
+                 + table("ranking", lambda: T.ranking_table(study)))
     figure_tables = _figure_tables(study)
-    for i, (stem, title, fn) in enumerate(F.FIGURES, 1):
+    for i, (stem, title, _) in enumerate(F.FIGURES, 1):
         parts.append(f'<h2 id="{stem}">Figure {i}. {html.escape(title)}</h2>')
-        try:
-            fig = fn(study)
-            png = F.to_png(fig, dpi=dpi)
-            paths = []
-            for fmt in formats:
-                p = out / f"{stem}.{fmt}"
-                if fmt == "png":
-                    p.write_bytes(png)
-                else:
-                    fig.savefig(p, format=fmt)
-                paths.append(p)
-            rep.figures[stem] = paths
-            if getattr(fig, "no_data", None):
-                rep.no_data[stem] = fig.no_data
-                parts.append(f'<p class="nodata">No data for this figure: {html.escape(fig.no_data)}</p>')
-            b64 = base64.b64encode(png).decode()
-            files = " · ".join(f'<a href="{p.name}">{p.name}</a>' for p in paths)
-            parts.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">'
-                         f'<figcaption>{html.escape(CAPTIONS.get(stem, ""))} <span class="files">({files})</span>'
-                         f'</figcaption></figure>')
-        except Exception as e:  # noqa: BLE001
-            rep.errors[stem] = "".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:]
-            parts.append(f'<p class="error">figure failed:\n{html.escape(rep.errors[stem])}</p>')
+        parts.append(_figure_html(rep, title, drawn(stem)))
         for name, fn_t in figure_tables.get(stem, []):
             parts.append(table(name, fn_t))
     parts.append("<h2>Trials</h2><details><summary>every trial (trials.parquet)</summary>"
                  + table("trials",
                          lambda: study.trials[[c for c in study.trials.columns
-                                               if not c.startswith("_") and c not in ("cell", "variant", "error")]])
+                                               if not c.startswith("_") and c not in ("cell", "variant", "error")]],
+                         fold=False)
                  + "</details>")
     yaml_text = study.metadata.get("sqn_ray.study_yaml")
     if isinstance(yaml_text, str) and yaml_text.strip():
@@ -246,9 +348,4 @@ def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"),
     if rep.errors:
         parts.insert(2, f'<p class="error">{len(rep.errors)} part(s) of this report failed: '
                         f'{html.escape(", ".join(rep.errors))}</p>')
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sqn-ray report: "
-            f"{html.escape(study.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
-    tmp = rep.path.with_name(f".{rep.path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(rep.path)
-    return rep
+    return parts

@@ -4,6 +4,9 @@ Every table is a plain DataFrame with readable column names, used by the figures
 report and the notebooks alike. "Median" is across seeds (trials of one config); a run that never reached
 the target accuracy has no iterations-to-target and is counted in ``solved`` / ``trials`` instead, except in
 :func:`sensitivity_table`, where unsolved runs count as ∞ (so a cell is finite only if most seeds solved).
+:func:`ranking_table` ranks every config of a problem (best first) and :func:`top_bottom` keeps its best and worst
+:data:`TOP_K` for display. Tables are computed with grouped (vectorized) aggregations, so they cost milliseconds at
+1,000 trials; inside :func:`cached` (the report) each is computed once per study.
 
 The poster's cost and storage table (Berahas, Jahani & Takáč, OPT 2019), per iteration, with κ_ls the
 line-search evaluations and κ_tr the CG iterations of an iteration:
@@ -20,7 +23,9 @@ cost / nd is then in the same unit as the measured gradient-equivalents (one gra
 """
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -29,7 +34,7 @@ from .load import ANCHORS, LN2, SAMPLED, StudyResults, problem_size  # noqa: F40
 
 __all__ = ["summary_table", "profile", "sensitivity_table", "radius_invariance", "iteration_costs", "cost_table",
            "theory_table", "anchor_table", "anchor_pairs", "eigen_table", "plateau_table", "POSTER", "PHASES",
-           "KINDS", "median_inf"]
+           "KINDS", "median_inf", "ranking_table", "top_bottom", "TOP_K", "fmt_cell", "cached"]
 
 #: measured time split of an iteration: record column -> label
 PHASES = {"t_grad": "gradient", "t_pairs": "pair sampling", "t_model": "linear algebra (model, direction)",
@@ -54,6 +59,40 @@ POSTER = {
 }
 
 
+#: the tables computed so far inside :func:`cached` (None outside it)
+_CACHE: dict | None = None
+
+
+@contextmanager
+def cached():
+    """Within this block each table of a given study is computed once: the report asks for some several times
+    (its page, the findings and the figures all read the summary and cost tables). Outside it nothing is kept,
+    so a notebook that edits ``study.trials`` always gets fresh numbers. Callers get copies, free to change."""
+    global _CACHE
+    if _CACHE is not None:  # nested: the outer block owns the cache
+        yield
+        return
+    _CACHE = {}
+    try:
+        yield
+    finally:
+        _CACHE = None
+
+
+def _memo(fn):
+    """``fn(study, ...)`` computed once per study object and arguments inside :func:`cached`."""
+    @functools.wraps(fn)
+    def wrapper(study, *args, **kwargs):
+        if _CACHE is None:
+            return fn(study, *args, **kwargs)
+        key = (fn.__name__, id(study), args, tuple(sorted(kwargs.items())))
+        hit = _CACHE.get(key)
+        if hit is None or hit[0] is not study:  # the study is kept with its tables: its id is not reused
+            hit = _CACHE[key] = (study, fn(study, *args, **kwargs))
+        return hit[1].copy()
+    return wrapper
+
+
 def median_inf(values) -> float:
     """Median that treats NaN as ∞ (an unsolved run): ∞ when at least half the values are missing."""
     v = np.asarray(values, dtype=float)
@@ -64,10 +103,33 @@ def median_inf(values) -> float:
 
 
 def _order(df: pd.DataFrame, study: StudyResults, by=("problem", "config")) -> pd.DataFrame:
+    """``df`` in the study's problem order, then its config display order (unknown values last, stable)."""
+    if not len(df):
+        return df.reset_index(drop=True)
     prob = {p: i for i, p in enumerate(study.problems)}
     conf = {c: i for i, c in enumerate(study.configs)}
-    key = df[list(by)].apply(lambda r: (prob.get(r.iloc[0], 99), conf.get(r.iloc[1], 999)), axis=1) if len(df) else []
-    return df.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k").reset_index(drop=True)
+    keys = {"_k0": df[by[0]].map(prob).astype(float).fillna(99), "_k1": df[by[1]].map(conf).astype(float).fillna(999)}
+    return (df.assign(**keys).sort_values(["_k0", "_k1"], kind="stable").drop(columns=list(keys))
+            .reset_index(drop=True))
+
+
+def fmt_cell(v) -> str:
+    """A table cell as the report prints it: integers as such, other numbers to 4 significant digits, ∞, and
+    missing values as '–'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}".replace(",", " ")
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if v.is_integer() and abs(v) < 1e7:
+            return f"{int(v)}"
+        return f"{v:.4g}"
+    return str(v)
 
 
 def _med(s: pd.Series) -> float:
@@ -76,25 +138,63 @@ def _med(s: pd.Series) -> float:
 
 
 # ------------------------------------------------------------------------------------------- outcomes
+def _num(s: pd.Series) -> pd.Series:
+    """``s`` as floats, ±∞ and non-numbers as NaN (what :func:`_med` skips)."""
+    return pd.to_numeric(s, errors="coerce").astype(float).replace([np.inf, -np.inf], np.nan)
+
+
+@_memo
 def summary_table(study: StudyResults) -> pd.DataFrame:
     """Per problem × config: trials, outcomes, median final loss / accuracy, iterations and cost to target."""
-    rows = []
-    for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
-        solved = t[t["solved"]]
-        rows.append({
-            "problem": problem, "config": config, "trials": len(t), "solved": int(t["solved"].sum()),
-            "solved %": 100.0 * t["solved"].mean(),
-            "diverged": int((t["status"] == "diverged").sum()), "failed": int((t["status"] == "failed").sum()),
-            "running": int((t["status"] == "running").sum()),
-            "median final loss": _med(t["final_loss"]), "median best accuracy": _med(t["best_accuracy"]),
-            "median iterations": _med(t["iterations"]),
-            "median iterations to target": _med(solved["iters_to_target"]),
-            "median grad-eq to target": _med(solved["grad_equivalents_to_target"]),
-            "median wall s to target": _med(solved["wall_time_to_target"]),
-        })
-    return _order(pd.DataFrame(rows), study) if rows else pd.DataFrame(rows)
+    t = study.trials
+    if t.empty:
+        return pd.DataFrame()
+    solved = t["solved"].astype(bool)
+    status = t["status"].astype(object)
+    per = pd.DataFrame({
+        "problem": t["problem"], "config": t["config"], "trials": 1, "solved": solved.astype("int64"),
+        "solved %": 100.0 * solved, "diverged": (status == "diverged").astype("int64"),
+        "failed": (status == "failed").astype("int64"), "running": (status == "running").astype("int64"),
+        "median final loss": _num(t["final_loss"]), "median best accuracy": _num(t["best_accuracy"]),
+        "median iterations": _num(t["iterations"]),
+        "median iterations to target": _num(t["iters_to_target"]).where(solved),
+        "median grad-eq to target": _num(t["grad_equivalents_to_target"]).where(solved),
+        "median wall s to target": _num(t["wall_time_to_target"]).where(solved)})
+    how = {c: ("sum" if c in ("trials", "solved", "diverged", "failed", "running") else
+               "mean" if c == "solved %" else "median") for c in per.columns[2:]}
+    df = per.groupby(["problem", "config"], sort=False).agg(how).reset_index()
+    return _order(df, study)
 
 
+#: how many of the best and of the worst rows a ranked table shows; the rest are collapsed into one row
+TOP_K = 5
+RANKING_COLUMNS = ["problem", "rank", "config", "trials", "solved", "solved %", "median iterations to target",
+                   "median grad-eq to target", "median final loss"]
+
+
+@_memo
+def ranking_table(study: StudyResults) -> pd.DataFrame:
+    """Per problem, every config ranked best first: most seeds at the target, then fewest gradient-equivalents
+    to it (median over the solved runs), then lowest median final loss; ``rank`` 1 is the best."""
+    s = summary_table(study)
+    if s.empty:
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    s = s.assign(_ge=s["median grad-eq to target"].fillna(np.inf), _loss=s["median final loss"].fillna(np.inf),
+                 _p=s["problem"].map({p: i for i, p in enumerate(study.problems)}).astype(float).fillna(99))
+    s = s.sort_values(["_p", "solved %", "_ge", "_loss"], ascending=[True, False, True, True], kind="stable")
+    s["rank"] = s.groupby("problem", sort=False).cumcount() + 1
+    return s[RANKING_COLUMNS].reset_index(drop=True)
+
+
+def top_bottom(df: pd.DataFrame, k: int = TOP_K) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+    """(first ``k`` rows, how many rows lie between, last ``k`` rows) of a ranked table; every row in the first
+    part when there are at most 2k + 1 (collapsing a single row would hide nothing)."""
+    if len(df) <= 2 * k + 1:
+        return df, 0, df.iloc[:0]
+    return df.iloc[:k], len(df) - 2 * k, df.iloc[-k:]
+
+
+@_memo
 def plateau_table(study: StudyResults, tol: float = 0.01) -> pd.DataFrame:
     """Per problem × config: runs that end on the saddle plateau (final loss within ``tol`` of ln 2, not
     solved): the paper's failure mode of the classical methods."""
@@ -105,6 +205,7 @@ def plateau_table(study: StudyResults, tol: float = 0.01) -> pd.DataFrame:
     return _order(df, study) if len(df) else df
 
 
+@_memo
 def profile(study: StudyResults, axis: str = "grad_equivalents") -> pd.DataFrame:
     """Data/performance profile: per problem × config, the fraction of trials that reached the target
     accuracy within each budget. ``axis``: iteration, grad_equivalents or wall_time. One row per step."""
@@ -122,6 +223,7 @@ def profile(study: StudyResults, axis: str = "grad_equivalents") -> pd.DataFrame
 
 
 # ----------------------------------------------------------------------------------------- sensitivity
+@_memo
 def sensitivity_table(study: StudyResults) -> pd.DataFrame:
     """Sampled methods: per problem × method × Option × m × r, median over seeds of iterations and
     gradient-equivalents to target (unsolved = ∞), solved count, median best loss."""
@@ -130,14 +232,18 @@ def sensitivity_table(study: StudyResults) -> pd.DataFrame:
     if t.empty or not set(cols) <= set(t.columns):
         return pd.DataFrame(columns=cols + ["trials", "solved", "iterations to target", "grad-eq to target",
                                             "best loss"])
-    t = t.assign(sampling=t["sampling"].fillna("hvp"))
-    rows = []
-    for key, g in t.groupby(cols, sort=True, dropna=False):
-        rows.append({**dict(zip(cols, key)), "trials": len(g), "solved": int(g["solved"].sum()),
-                     "iterations to target": median_inf(g["iters_to_target"].where(g["solved"])),
-                     "grad-eq to target": median_inf(g["grad_equivalents_to_target"].where(g["solved"])),
-                     "best loss": _med(g["best_loss"])})
-    df = pd.DataFrame(rows)
+    solved = t["solved"].astype(bool)
+
+    def to_target(c):  # median_inf's convention, vectorized: unsolved (NaN) counts as ∞
+        return pd.to_numeric(t[c].where(solved), errors="coerce").astype(float).fillna(np.inf)
+
+    per = pd.DataFrame({**{c: t[c] for c in cols}, "sampling": t["sampling"].fillna("hvp"), "trials": 1,
+                        "solved": solved.astype("int64"), "iterations to target": to_target("iters_to_target"),
+                        "grad-eq to target": to_target("grad_equivalents_to_target"),
+                        "best loss": _num(t["best_loss"])})
+    df = per.groupby(cols, sort=True, dropna=False).agg(
+        {"trials": "sum", "solved": "sum", "iterations to target": "median", "grad-eq to target": "median",
+         "best loss": "median"}).reset_index()
     order = {p: i for i, p in enumerate(study.problems)}
     return df.sort_values(["problem", "method", "sampling", "memory", "radius"], kind="stable",
                           key=lambda c: c.map(order) if c.name == "problem" else
@@ -150,6 +256,7 @@ EARLY_ITERATIONS = 3
 APART = 1e-6
 
 
+@_memo
 def radius_invariance(study: StudyResults) -> pd.DataFrame:
     """For sampled runs that differ only in r (same problem, method, Option, m, seed): the largest
     difference between their loss trajectories (aligned by iteration), the largest relative difference over
@@ -164,16 +271,20 @@ def radius_invariance(study: StudyResults) -> pd.DataFrame:
     if t.empty or "radius" not in t or not set(cols) <= set(t.columns):
         return pd.DataFrame(columns=out_cols)
     t = t.assign(sampling=t["sampling"].fillna("hvp"))
-    loss = study.iterations.set_index(["trial_id", "iteration"])["loss"]
+    it = study.iterations
+    it = it.loc[it["trial_id"].isin(t["trial_id"]), ["trial_id", "iteration", "loss"]]
+    it = it.sort_values(["trial_id", "iteration"], kind="stable")
+    loss = pd.to_numeric(it["loss"], errors="coerce").to_numpy(dtype=float)
+    rows_of = it.groupby("trial_id", sort=False).indices  # trial -> its rows of `loss`, in iteration order
     rows = []
     for key, g in t.groupby(cols, sort=True, dropna=False):
         if g["radius"].nunique() < 2:
             continue
-        curves = [loss.xs(tid, level="trial_id") for tid in g["trial_id"] if tid in loss.index.get_level_values(0)]
+        curves = [loss[rows_of[tid]] for tid in g["trial_id"] if tid in rows_of]
         dev = early = apart = math.nan
         if len(curves) >= 2:
             n = min(len(c) for c in curves)
-            stack = np.vstack([c.sort_index().to_numpy()[:n] for c in curves])
+            stack = np.vstack([c[:n] for c in curves])
             dev = float(np.nanmax(np.abs(stack - stack[0]))) if n else math.nan
             # the control for "r changes the result": where the runs part. Round-off amplified by the dynamics
             # starts at the last bits and grows over many iterations; a dependence on r shows from the first steps.
@@ -215,6 +326,7 @@ def iteration_costs(study: StudyResults) -> pd.DataFrame:
     return df[df["iteration"] >= 1].dropna(subset=["dt", "dge"]).reset_index(drop=True)
 
 
+@_memo
 def cost_table(study: StudyResults) -> pd.DataFrame:
     """Per problem × config: median over seeds of the per-iteration mean cost, in ms by phase and in
     gradient-equivalents by kind, and the mean κ."""
@@ -224,22 +336,27 @@ def cost_table(study: StudyResults) -> pd.DataFrame:
     trial = per.groupby(["problem", "config", "trial_id"], sort=False).agg(
         iterations=("dt", "size"), dt=("dt", "mean"), dge=("dge", "mean"), kappa=("kappa", "mean"),
         **{c: (c, "mean") for c in [*PHASES, *KINDS]}).reset_index()
-    rows = []
-    for (problem, config), g in trial.groupby(["problem", "config"], sort=False):
-        row = {"problem": problem, "config": config, "trials": len(g), "iterations": int(g["iterations"].sum()),
-               "ms / iteration": 1e3 * g["dt"].median()}
-        row.update({f"ms {PHASES[c]}": 1e3 * g[c].median() for c in PHASES})
-        row["grad-eq / iteration"] = g["dge"].median()
-        row.update({f"grad-eq {KINDS[c]}": g[c].median() for c in KINDS})
-        row["κ (inner iterations)"] = g["kappa"].median()
-        rows.append(row)
-    return _order(pd.DataFrame(rows), study)
+    g = trial.groupby(["problem", "config"], sort=False)
+    med = g[["dt", *PHASES, "dge", *KINDS, "kappa"]].median()
+    df = pd.DataFrame({"trials": g.size(), "iterations": g["iterations"].sum().astype("int64"),
+                       "ms / iteration": 1e3 * med["dt"],
+                       **{f"ms {PHASES[c]}": 1e3 * med[c] for c in PHASES},
+                       "grad-eq / iteration": med["dge"], **{f"grad-eq {KINDS[c]}": med[c] for c in KINDS},
+                       "κ (inner iterations)": med["kappa"]}).reset_index()
+    return _order(df, study)
 
 
+@_memo
 def theory_table(study: StudyResults) -> pd.DataFrame:
     """The poster's cost and storage per iteration at the problem's n, d, the config's m and the measured κ,
     beside the measured gradient-equivalents per iteration (methods of the poster's table only)."""
     measured = cost_table(study)
+    keys = list(zip(measured["problem"], measured["config"]))
+
+    def lookup(col):
+        return dict(zip(keys, measured[col])) if col in measured else {}
+
+    kappas, ges = lookup("κ (inner iterations)"), lookup("grad-eq / iteration")
     rows = []
     for (problem, config), t in study.trials.groupby(["problem", "config"], sort=False):
         method = t["method"].iloc[0]
@@ -251,9 +368,8 @@ def theory_table(study: StudyResults) -> pd.DataFrame:
         m = float(pd.to_numeric(t["memory"], errors="coerce").median()) if "memory" in t else math.nan
         if method in ("bfgs", "sr1"):
             m = math.nan  # dense methods keep no m
-        meas = measured[(measured["problem"] == problem) & (measured["config"] == config)]
-        kappa = float(meas["κ (inner iterations)"].iloc[0]) if len(meas) else math.nan
-        ge = float(meas["grad-eq / iteration"].iloc[0]) if len(meas) else math.nan
+        kappa = float(kappas.get((problem, config), math.nan))
+        ge = float(ges.get((problem, config), math.nan))
         ok = n is not None and d is not None
         mm = 0.0 if math.isnan(m) else m
         flops = cost(n, d, mm, kappa) if ok and not math.isnan(kappa) else math.nan

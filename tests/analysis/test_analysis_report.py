@@ -162,6 +162,8 @@ def _radius_study(curves: dict[float, list[float]], dtype: str = "float64"):
     # different from the first step on: r changes the computation
     (lambda k: 1e-3 * (k > 0), "float64", "NOT invariant to r: the runs differ by 0.00063 (relative)"),
     (lambda k: 1e-3 * (k > 0), "float32", "NOT invariant to r"),
+    # a little beyond the allowance at once (an ill-conditioned step can do that to round-off): no verdict
+    (lambda k: 1e-11 * 10.0 ** k * (k > 0), "float64", "not decided: the runs differ by"),
 ])
 def test_option_ii_r_invariance_is_judged_against_round_off_before_it_is_claimed(perturb, dtype, verdict):
     """The report never calls round-off chaos a dependence on r (nor hides a real one): the control is whether
