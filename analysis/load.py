@@ -279,8 +279,25 @@ def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
     return trials
 
 
+def _live_iterations(path: Path, it_path: Path) -> pd.DataFrame | None:
+    """The rows of a study whose part files are newer than its compacted ``iterations.parquet`` (it is running,
+    or its driver was killed): read from the parts (:func:`sqn_ray.study.read_live`); None otherwise."""
+    from sqn_ray.study.results import live_files, read_live
+
+    files = live_files(path)
+    if not files:
+        return None
+    if it_path.is_file() and it_path.stat().st_mtime_ns >= max(f.stat().st_mtime_ns for f in files):
+        return None
+    try:
+        return read_live(path).to_pandas()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: the running study's parts cannot be read ({e})") from e
+
+
 def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyResults:
-    """Read a study folder (see the module docstring); partial and running studies load too.
+    """Read a study folder (see the module docstring); partial and running studies load too (a running
+    study's rows from its part files, when they are newer than its ``iterations.parquet``).
 
     Args:
         path: the study's output folder (``sqn-ray study run --out``), holding ``iterations.parquet`` and/or
@@ -304,11 +321,16 @@ def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyR
         raise ValueError(f"{path}: not a folder; give the study's output folder (the one holding "
                          f"{ITERATIONS_FILE} and {TRIALS_FILE})")
     it_path, tr_path = path / ITERATIONS_FILE, path / TRIALS_FILE
-    if not it_path.is_file() and not tr_path.is_file():
+    if not it_path.is_file() and not tr_path.is_file() and _live_iterations(path, it_path) is None:
         raise ValueError(f"{path}: no {ITERATIONS_FILE} or {TRIALS_FILE} here; is it a study output folder? "
                          f"(`sqn-ray study run FILE --out {path}` writes them)")
     sources, metadata = {}, {}
-    iterations = _read(it_path) if it_path.is_file() else pd.DataFrame()
+    live = _live_iterations(path, it_path)
+    if live is not None:  # a running (or killed) study: its parts are newer than the last compacted file
+        iterations = live
+        sources["live"] = str(path / ".parts")
+    else:
+        iterations = _read(it_path) if it_path.is_file() else pd.DataFrame()
     trials = _read(tr_path) if tr_path.is_file() else pd.DataFrame()
     for p in (tr_path, it_path):
         if p.is_file():
