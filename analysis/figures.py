@@ -727,6 +727,21 @@ def anchors(study: StudyResults) -> Figure:
 
 
 #: (file stem, title, function) of every report figure, in report order
+def performance_profiles(study: StudyResults) -> Figure:
+    """Figure 7: Dolan–Moré performance profiles (iterations, gradient-equivalents, wall time to the target) and
+    the Moré–Wild data profile over (problem, seed) instances (:mod:`analysis.profiles`)."""
+    from . import profiles
+
+    title = "7. Performance and data profiles over (problem, seed) instances, to the study's target"
+    if len(study.configs) < 2:
+        return _skipped(title, "a single configuration: there is nothing to compare")
+    if not study.trials["solved"].astype(bool).any():
+        return _skipped(title, "no trial reached its target: every profile is zero")
+    with _style():
+        fig = profiles.plot(study)
+    return _done(fig, title)
+
+
 FIGURES = (
     ("fig1-convergence", "Convergence", convergence),
     ("fig2-robustness", "Robustness", robustness),
@@ -734,4 +749,5 @@ FIGURES = (
     ("fig4-cost", "Cost per iteration", cost),
     ("fig5-eigen", "Eigenvalue spectra", eigen_spectra),
     ("fig6-anchors", "External anchors", anchors),
+    ("fig7-profiles", "Performance profiles", performance_profiles),
 )

@@ -168,9 +168,10 @@ def plot(study: "StudyResults", costs: tuple[str, ...] = ("iterations", "grad_eq
 
     Solvers beyond ``max_solvers`` (by how often they are fastest) are left out, and the title says so.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, len(costs) + 1, figsize=(4.2 * (len(costs) + 1), 3.6), constrained_layout=True)
+    fig = Figure(figsize=(4.2 * (len(costs) + 1), 3.9), layout="constrained")
+    axes = fig.subplots(1, len(costs) + 1)
     kept = None
     for ax, cost in zip(axes, costs):
         table = instance_costs(study, cost, test)
