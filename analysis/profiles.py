@@ -124,12 +124,17 @@ def performance_profile(costs: pd.DataFrame, taus: np.ndarray | None = None) -> 
     if taus is None:
         finite = ratio[np.isfinite(ratio)]
         taus = np.unique(np.concatenate([[1.0], finite]))
-    taus = np.asarray(taus, dtype=float)
-    n = max(t.shape[0], 1)
-    frames = [pd.DataFrame({"tau": taus, "solver": solver,
-                            "fraction": (ratio[:, j][None, :] <= taus[:, None]).sum(axis=1) / n})
-              for j, solver in enumerate(costs.columns)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["tau", "solver", "fraction"])
+    return _fractions(ratio, np.asarray(taus, dtype=float), costs.columns, "tau")
+
+
+def _fractions(values: np.ndarray, thresholds: np.ndarray, solvers, key: str) -> pd.DataFrame:
+    """Tidy (key, solver, fraction): for each solver (column of ``values``, instances × solvers) the fraction
+    of instances whose value is ≤ each threshold."""
+    n = max(values.shape[0], 1)
+    frames = [pd.DataFrame({key: thresholds, "solver": solver,
+                            "fraction": (values[:, j][None, :] <= thresholds[:, None]).sum(axis=1) / n})
+              for j, solver in enumerate(solvers)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[key, "solver", "fraction"])
 
 
 def data_profile(costs: pd.DataFrame, kappas: np.ndarray | None = None, dims: pd.Series | None = None,
@@ -154,12 +159,7 @@ def data_profile(costs: pd.DataFrame, kappas: np.ndarray | None = None, dims: pd
         t = t / (d[:, None] + 1.0)
     if kappas is None:
         kappas = np.unique(t[np.isfinite(t)])
-    kappas = np.asarray(kappas, dtype=float)
-    n = max(t.shape[0], 1)
-    frames = [pd.DataFrame({"kappa": kappas, "solver": solver,
-                            "fraction": (t[:, j][None, :] <= kappas[:, None]).sum(axis=1) / n})
-              for j, solver in enumerate(costs.columns)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["kappa", "solver", "fraction"])
+    return _fractions(t, np.asarray(kappas, dtype=float), costs.columns, "kappa")
 
 
 def plot(study: "StudyResults", costs: tuple[str, ...] = ("iterations", "grad_equivalents", "wall_time"),
