@@ -32,22 +32,11 @@ from sqn_ray.problems.mlp import MLPOracle
 from sqn_ray.problems.toy import toy_user_fun
 from sqn_ray.problems.toy import toy_data, toy_sizes
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from _timing import seconds, sync  # noqa: E402 - bench/ is this script's own folder
 
 
-def seconds(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` synchronised calls of ``fn``."""
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+
 
 
 def gradient_call(fun, w):

@@ -56,22 +56,12 @@ AutogradOracle, Objective = objective_module.AutogradOracle, objective_module.Ob
 module_objective_fun = objective_module.module_objective_fun
 
 
-# --------------------------------------------------------------------------------------------------- timing
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # bench/, also when run through runpy
+from _timing import seconds, sync  # noqa: E402
 
 
-def seconds(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def seconds_warm(fn, device, repeats: int) -> float:
+    return seconds(fn, device, repeats, warmup=True)
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -199,7 +189,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     for title, (fun, w) in models(device, dtype, args.quick):
         d = w.numel()
-        g = seconds(gradient(fun, w), device, repeats)
+        g = seconds_warm(gradient(fun, w), device, repeats)
         for m in ms:
             V = torch.randn(d, m, generator=torch.Generator().manual_seed(2)).to(dtype=dtype, device=device)
             cells, limit = {}, "-"
@@ -209,7 +199,7 @@ def main(argv=None) -> None:
                     cells[backend] = "n/a"
                     print(f"  ({title}, m = {m}, {backend}: {info})")
                     continue
-                cells[backend] = f"{seconds(call, device, repeats) / g:.2f}"
+                cells[backend] = f"{seconds_warm(call, device, repeats) / g:.2f}"
                 if backend == "batched":
                     limit = str(info.max_hvp_batch)
                 del call, info
