@@ -35,6 +35,7 @@ from ..curvature.models import DirectionModel, QuadraticModel
 from ..curvature.sources import PairSource
 from ..linalg.trust_region import cg_steihaug_hvp, exact_tr, reduce_dense, solve_tr
 from ..objective import Objective
+from ..options import OptionError
 from ..records import step_defaults
 from .globalization import TrustRegionRule, accept_trial, armijo_backtracking, evaluate_trial
 
@@ -349,7 +350,14 @@ class NewtonTrustRegion(StepMethod):
     initial_radius: float = 1.0
     rule: TrustRegionRule = field(default_factory=TrustRegionRule)
 
+    #: the largest d for ``tr_solver="exact"``: its dense Hessian holds d² numbers (10,000: 800 MB in float64)
+    MAX_EXACT_DIM = 10_000
+
     def start(self, objective, w0):
+        if self.tr_solver == "exact" and objective.dim > self.MAX_EXACT_DIM:
+            raise OptionError(f"tr_solver='exact' builds the dense d×d Hessian, and d = {objective.dim} > "
+                              f"{self.MAX_EXACT_DIM}; use tr_solver='cg-steihaug' (Hessian-vector products only)",
+                              option="tr_solver", value="exact", allowed=("cg-steihaug",))
         return replace(super().start(objective, w0), trust_radius=self.initial_radius)
 
     def _step_in_region(self, objective, w, g, radius):

@@ -79,3 +79,15 @@ def test_newton_tr_cg_counts_one_product_per_cg_iteration_and_solves_the_toy_net
     h = res.history
     assert h.n_hvp.iloc[-1] == h.inner_iters.iloc[1:].sum()  # every product counted, nothing else
     assert float(problem.accuracy(res.x)) == 1.0  # the poster: the true Hessian reaches 100 % in a few iterations
+
+
+def test_newton_tr_exact_refuses_a_dimension_whose_dense_hessian_would_not_fit_before_any_evaluation():
+    calls = []
+
+    def fun(w):
+        calls.append(1)
+        return (w * w).sum()
+
+    with pytest.raises(ValueError, match="tr_solver='exact' builds the dense d×d Hessian, and d = 10001"):
+        minimize(fun, torch.zeros(10_001, dtype=torch.float64), "newton-tr", tr_solver="exact", max_iters=1)
+    assert calls == []
