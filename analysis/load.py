@@ -321,12 +321,12 @@ def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyR
         raise ValueError(f"{path}: not a folder; give the study's output folder (the one holding "
                          f"{ITERATIONS_FILE} and {TRIALS_FILE})")
     it_path, tr_path = path / ITERATIONS_FILE, path / TRIALS_FILE
-    if not it_path.is_file() and not tr_path.is_file() and _live_iterations(path, it_path) is None:
+    live = _live_iterations(path, it_path)  # a running (or killed) study: its parts are newer than the last
+    if not it_path.is_file() and not tr_path.is_file() and live is None:  # compacted file
         raise ValueError(f"{path}: no {ITERATIONS_FILE} or {TRIALS_FILE} here; is it a study output folder? "
                          f"(`sqn-ray study run FILE --out {path}` writes them)")
     sources, metadata = {}, {}
-    live = _live_iterations(path, it_path)
-    if live is not None:  # a running (or killed) study: its parts are newer than the last compacted file
+    if live is not None:
         iterations = live
         sources["live"] = str(path / ".parts")
     else:
