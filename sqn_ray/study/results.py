@@ -437,6 +437,7 @@ class ResultStore:
         self.problems: dict[str, dict] = {}  # n, d, target accuracy of each problem the trials have seen
         self.option_types = option_types(study)
         self.trials: dict[str, _Trial] = {}
+        self._buffering: set[str] = set()  # the trials with rows waiting: what a live flush looks at, not all
         self.known: set[str] | None = None
         self._dirty = True  # something changed since the last compaction
         self._trials_dirty = True  # since the last trials.parquet
@@ -633,6 +634,7 @@ class ResultStore:
                 if not t.buffer:
                     t.buffered_since = time.monotonic()
                 t.buffer.append(chunk)
+                self._buffering.add(trial_id)
                 t.n_buffered += chunk.num_rows
                 t.last_iteration = last
             self._trials_dirty = self._dirty = True
@@ -948,11 +950,14 @@ class ResultStore:
             wrote = False
             now = time.monotonic()
             with self._lock:
-                for t in list(self.trials.values()):
+                for t in [self.trials[tid] for tid in self._buffering if tid in self.trials]:
                     if not t.finished and t.buffer and (t.n_buffered >= self.segment_rows
                                                         or now - t.buffered_since >= self.spill_seconds):
                         self._spill(t)
                         wrote = True
+                # spilled, finished (its part took the rows), truncated to nothing or forgotten: no longer waiting
+                self._buffering = {tid for tid in self._buffering
+                                   if tid in self.trials and self.trials[tid].buffer and not self.trials[tid].finished}
                 due = (self._trials_dirty and now - self._last_trials_write >= max(self.min_flush_interval,
                                                                                       30 * self._trials_cost)
                        and self.bytes_written["trials"] <= 2**20 + 0.1 * (self.bytes_written["segments"]
