@@ -48,15 +48,27 @@ def add_study_commands(subparsers) -> argparse.ArgumentParser:
 
 
 def _describe(study) -> str:
+    if study.tuning is not None:
+        from .tuning import draw_configurations, stage_trials
+
+        stages = stage_trials(study)
+        configs = {m: len(c) for m, c in draw_configurations(study).items()}
+        kind = (f"tuned: {stages['tuning']} tuning trials ({study.tuning['trials']} configurations per method on "
+                f"{len(study.tuning['seeds'])} tuning seed(s), chosen on {study.tuning['metric']}), then "
+                f"{stages['evaluation']} evaluation trials")
+    else:
+        kind = f"{study.search['algorithm']} search{', ASHA' if study.scheduler else ''}"
     lines = [f"{study.source}: OK: study '{study.name}'{' (smoke)' if study.smoke else ''}, "
-             f"{study.num_trials} trials ({study.search['algorithm']} search"
-             f"{', ASHA' if study.scheduler else ''})"]
-    lines.append(f"  problems: {', '.join(study.problems)} · seeds: {len(study.seeds)} · "
+             f"{study.num_trials} trials ({kind})"]
+    lines.append(f"  problems: {', '.join(study.problems)} · {'evaluation ' if study.tuning else ''}seeds: "
+                 f"{len(study.seeds)} · "
                  f"budget: {', '.join(f'{k} {v:g}' for k, v in study.budget.items() if v is not None)}")
     for method in study.methods:
         axes = ", ".join(f"{k}={'|'.join(map(str, v)) if isinstance(v, tuple) else v.to_json()}"
                          for k, v in study.methods[method].items())
-        lines.append(f"  {method}: {len(study.method_cells(method))} cell(s){': ' + axes if axes else ''}")
+        count = (f"{configs[method]} configuration(s)" if study.tuning is not None
+                 else f"{len(study.method_cells(method))} cell(s)")
+        lines.append(f"  {method}: {count}{': ' + axes if axes else ''}")
     lines.append(f"  resources per trial: cpu {study.resources['cpu']:g}, gpu {study.resources['gpu']:g} · "
                  f"metric: {study.metric} ({study.mode})")
     return "\n".join(lines)

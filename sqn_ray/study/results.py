@@ -66,7 +66,7 @@ from ..io import atomic_path, read_parquet_metadata, write_table_atomic
 from ..records import FIELDS, arrow_types, leading_names
 
 __all__ = ["ResultStore", "record_table", "live_files", "read_live", "read_metadata",
-           "write_table_atomic", "study_metadata", "ID_COLUMNS",
+           "write_table_atomic", "study_metadata", "ID_COLUMNS", "STAGE_COLUMNS", "METRIC_COLUMNS",
            "RECORD_COLUMNS", "TRIAL_COLUMNS", "TERMINAL_STATUSES", "ACCURACY", "arrow_type", "record_arrow_schema"]
 
 TERMINAL_STATUSES = ("solved", "budget", "diverged", "failed")
@@ -113,6 +113,12 @@ TRIAL_COLUMNS = {
     "metric": pa.string(),
     "metric_value": pa.float64(), "rank": pa.int64(),
 }
+#: after the seed, in both files: the study stage of the trial (``"main"``: a plain study; a tuned study's
+#: ``"tuning"`` or ``"evaluation"``) and its configuration's number within its method (null in a plain study)
+STAGE_COLUMNS = {"stage": pa.string(), "tuning_config": pa.int64()}
+#: the trials.parquet column each ranking metric (:data:`sqn_ray.study.spec.METRICS`) is read from
+METRIC_COLUMNS = {"loss": "final_loss", "best_loss": "best_loss", "accuracy": "final_accuracy",
+                  "best_accuracy": "best_accuracy", "grad_norm": "final_grad_norm"}
 PARTS = ".parts"
 LIVE = "live"  # under PARTS: the segments of trials written while they ran
 QUARANTINE = "quarantine"  # under PARTS: files found there that are not readable trials' parts
@@ -856,10 +862,13 @@ class ResultStore:
         for opt in self.option_types:
             ident[opt] = cell["options"].get(opt, defaults.get(opt))
         ident["seed"] = cell["seed"]
+        ident["stage"] = self.study.stage
+        ident["tuning_config"] = cell.get("tuning_config")
         return ident
 
     def _identity_types(self) -> dict[str, pa.DataType]:
-        return {**{k: pa.string() for k in ID_COLUMNS}, **self.option_types, "seed": pa.int64()}
+        return {**{k: pa.string() for k in ID_COLUMNS}, **self.option_types, "seed": pa.int64(),
+                **STAGE_COLUMNS}
 
     def _identity_columns(self, trials: list[_Trial], counts: list[int]) -> dict[str, pa.Array]:
         types = self._identity_types()
@@ -920,8 +929,7 @@ class ResultStore:
                                                  "cuda_visible_devices", "threads", "pid", "started_at")})
             rows.append(s)
         metric, mode = self.study.metric, self.study.mode
-        key = {"loss": "final_loss", "best_loss": "best_loss", "accuracy": "final_accuracy",
-               "best_accuracy": "best_accuracy", "grad_norm": "final_grad_norm"}[metric]
+        key = METRIC_COLUMNS[metric]
         values = [r.get(key) for r in rows]
         order = sorted((i for i, v in enumerate(values) if v is not None and math.isfinite(v)),
                        key=lambda i: values[i] if mode == "min" else -values[i])

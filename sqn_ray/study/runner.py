@@ -16,6 +16,7 @@ folder's lock and checks, :mod:`sqn_ray.study.search` for how trials are generat
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -351,13 +352,85 @@ def run_study(study: StudySpec | Mapping | str | Path, out_dir: str | Path | Non
     """
     study = _as_study(study, problems)
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_ROOT / study.name).resolve()
+    run = _run_tuned if study.tuning is not None else _run_in
     with open_output_folder(out):
-        return _run_in(out, study, address=address, resume=resume, progress=progress, num_cpus=num_cpus,
-                       num_gpus=num_gpus, stream=stream, problems=dict(problems or {}))
+        return run(out, study, address=address, resume=resume, progress=progress, num_cpus=num_cpus,
+                   num_gpus=num_gpus, stream=stream, problems=dict(problems or {}))
+
+
+def _run_tuned(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream,
+               problems: dict) -> StudyOutcome:
+    """A tuned study (:mod:`sqn_ray.study.tuning`): the tuning stage, the choice, the evaluation stage, each an
+    ordinary study in its subfolder on one Ray, then both stages' rows into ``out``'s two files."""
+    import pyarrow.parquet as pq
+
+    from . import tuning as T
+    from .results import study_metadata
+
+    t_begin = time.monotonic()
+    say = stream or sys.stderr
+    state = read_state(out)
+    if state is not None and not resume:
+        raise StudyError(f"{out} already holds study '{state['name']}' (started {state.get('started', '?')}); "
+                         f"rerun with --resume to continue it, or choose another --out")
+    if state is not None and state["fingerprint"] != study.fingerprint:
+        raise StudyError(f"{out} holds study '{state['name']}' run from a different study definition "
+                         f"(fingerprint {state['fingerprint']}, this file gives {study.fingerprint}"
+                         f"{', --smoke' if study.smoke else ''}); use another --out")
+    if state is None:
+        write_state(out, study)
+    tuning = T.stage_spec(study, "tuning")
+    stages: dict[str, StudyOutcome] = {}
+    t0 = time.monotonic()
+    connected = init_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    ray_start = time.monotonic() - t0
+    try:
+        def run_stage(stage: StudySpec, folder: str) -> StudyOutcome:
+            where = out / folder
+            print(f"stage {stage.stage} of study '{study.name}': {stage.num_trials} trials in {where}", file=say)
+            return _run_in(where, stage, address=None, resume=read_state(where) is not None and state is not None,
+                           progress=progress, num_cpus=None, num_gpus=None, stream=stream, problems=problems,
+                           embedded=connected == "embedded")
+
+        stages["tuning"] = first = run_stage(tuning, T.TUNING_DIR)
+        if not first.interrupted:
+            config_scores = T.scores(pq.read_table(first.trials_path), tuning.metric, tuning.mode)
+            chosen = T.choose(config_scores, tuning.mode)
+            record = T.record(study, tuning.configurations, config_scores, chosen)
+            T.write_record(out, record)
+            picked = {m: ((c["tuning_config"], record["chosen"][m]["options"]),) for m, c in chosen.items()}
+            stages["evaluation"] = run_stage(T.stage_spec(study, "evaluation", picked), T.EVALUATION_DIR)
+    finally:
+        if connected:
+            shutdown_ray()
+    record = T.read_record(out)
+    meta_extra = {b"sqn_ray.tuning": json.dumps(record).encode()} if record else {}
+    paths = {}
+    for kind in ("iterations", "trials"):
+        sources = [o.out_dir / f"{kind}.parquet" for o in stages.values() if (o.out_dir / f"{kind}.parquet").is_file()]
+        target = out / f"{kind}.parquet"
+        if sources:
+            stage_meta = pq.read_schema(sources[-1]).metadata or {}
+            T.combine(target, sources, {**stage_meta, **study_metadata(study), **meta_extra})
+        paths[kind] = target
+    counts: dict[str, int] = {}
+    for o in stages.values():
+        for k, v in o.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    done = sum(o.done for o in stages.values())
+    written: dict[str, int] = {}
+    for o in stages.values():
+        for k, v in o.extra.get("bytes_written", {}).items():
+            written[k] = written.get(k, 0) + v
+    return StudyOutcome(out_dir=out, total=study.num_trials, counts=counts, interrupted=done < study.num_trials,
+                        wall_time=time.monotonic() - t_begin, ray_start_time=ray_start,
+                        iterations_path=paths["iterations"], trials_path=paths["trials"], resumed=state is not None,
+                        replayed=sum(o.replayed for o in stages.values()),
+                        extra={"bytes_written": written, "stages": stages, "tuning": record})
 
 
 def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream,
-            problems: dict) -> StudyOutcome:
+            problems: dict, embedded: bool | None = None) -> StudyOutcome:
     t_begin = time.monotonic()
     say = stream or sys.stderr
     tune_root = out / TUNE_DIR
@@ -436,7 +509,9 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
         if tuner is None:
             tuner = _new_tuner(study, trainable, tune_root, callback)
         store.start_writer()
-        with _plain_tune_actors(connected == "embedded"), pending_trials(study), _tune_snapshots(study):
+        # embedded: whether the Ray in use is this process's own (a tuned study's stages share the one it started)
+        plain = connected == "embedded" if embedded is None else embedded
+        with _plain_tune_actors(plain), pending_trials(study), _tune_snapshots(study):
             try:
                 tuner.fit()
             except Exception as e:  # noqa: BLE001 - Tune's restored state failed it before any trial ran

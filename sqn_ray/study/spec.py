@@ -28,6 +28,7 @@ Layout (every key but ``problems`` and ``methods`` is optional)::
     report_interval: 1.0              # seconds between a trial's reports (0: every iteration)
     checkpoint_every: 60              # seconds between a trial's checkpoints (null or 0: never)
     loggers: [tensorboard]            # also log to TensorBoard / MLflow / W&B (default: none; see below)
+    tuning: {trials: 8, seeds: 2, metric: best_loss}     # a tuned study (below); default: none
     smoke: {seeds: 1, budget: {iterations: 10}}          # overrides applied by --smoke
 
 Options that do not apply to a method are never crossed into it (``radius`` is not an L-BFGS option), so
@@ -40,6 +41,11 @@ Besides lists, an option may be a range for ``search.algorithm`` random or optun
     lr: {uniform: [0.01, 0.5]}             sampling: {choice: [hvp, grad-diff]}
 
 Integer ranges include both ends.
+
+With a ``tuning:`` block the study is a *tuned study* (:mod:`sqn_ray.study.tuning`): each method's axes (lists and
+ranges, no ``search:`` needed) are its space, every method gets ``tuning.trials`` configurations on the tuning seeds,
+and each method's best is rerun on the study's ``seeds`` (the evaluation seeds); both stages land in the same two
+Parquet files, told apart by their ``stage`` column.
 
 ``loggers`` (:data:`LOGGERS`) adds Tune's own logger callbacks, which log every trial's reported metrics
 (loss, grad_norm, best_loss, accuracy, best_accuracy, ...; never the per-iteration rows, which go to Parquet)
@@ -81,11 +87,14 @@ __all__ = [
 
 TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "budget", "stop", "resources",
             "metric", "search", "scheduler", "dtype", "device", "accuracy_every", "max_failures",
-            "max_concurrent_trials", "report_interval", "checkpoint_every", "loggers", "smoke")
+            "max_concurrent_trials", "report_interval", "checkpoint_every", "loggers", "tuning", "smoke")
 BUDGET_KEYS = ("iterations", "grad_equivalents", "wall_time")
 STOP_KEYS = ("accuracy", "loss")
 RESOURCE_KEYS = ("cpu", "gpu")
 SEARCH_KEYS = ("algorithm", "num_samples", "seed", "max_concurrent")
+TUNING_KEYS = ("trials", "seeds", "seed", "metric")
+#: what a study's trials are: a plain study's ("main"), or one of the two stages of a tuned study
+STAGES = ("main", "tuning", "evaluation")
 SCHEDULER_KEYS = ("type", "time_attr", "grace_period", "max_t", "reduction_factor", "brackets")
 SEARCH_ALGORITHMS = ("grid", "random", "optuna")
 SCHEDULERS = ("asha",)
@@ -105,6 +114,8 @@ LOGGERS = {"tensorboard": ("tensorboardX", "tensorboardX"), "mlflow": ("mlflow",
 #: what neither changes the trials nor their results: left out of the fingerprint (a resume may change them)
 _NOT_FINGERPRINTED = ("source", "description", "max_concurrent_trials", "report_interval", "checkpoint_every",
                       "loggers")
+#: the first tuning seed when ``tuning.seeds`` is a count (far from the evaluation seeds 0..k-1)
+TUNING_FIRST_SEED = 10_000
 #: what --smoke does to a study file without a ``smoke:`` block
 DEFAULT_SMOKE = {"seeds": 1, "budget": {"iterations": 10, "wall_time": 30}, "search": {"num_samples": 2}}
 
@@ -239,6 +250,9 @@ class CellGrid:
     problems: tuple[str, ...]
     methods: tuple[tuple[str, tuple[str, ...], tuple[tuple, ...]], ...]  # (method, option names, their values)
     seeds: tuple[int, ...]
+    #: a tuned study's stages: one block per configuration (a method may have several), and here each block's
+    #: configuration number within its method (its cells carry it as ``tuning_config``); () for a plain grid
+    numbers: tuple[int, ...] = ()
 
     @functools.cached_property
     def _blocks(self) -> tuple[tuple[int, int], ...]:
@@ -270,8 +284,11 @@ class CellGrid:
         for name, vals in zip(reversed(names), reversed(values)):
             k, at = divmod(k, len(vals))
             options[name] = vals[at]
-        return {"problem": self.problems[problem_at], "method": method, "seed": int(self.seeds[seed_at]),
+        cell = {"problem": self.problems[problem_at], "method": method, "seed": int(self.seeds[seed_at]),
                 "options": {name: options[name] for name in names}}
+        if self.numbers:
+            cell["tuning_config"] = self.numbers[block]
+        return cell
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -305,6 +322,13 @@ class StudySpec:
         report_interval: seconds between a trial's reports to Tune (0: every iteration).
         checkpoint_every: seconds between a trial's checkpoints, or None for never (``null`` or 0 in the file).
         loggers: names of :data:`LOGGERS` whose Tune logger callbacks the study also reports to (``()``: none).
+        tuning: a tuned study's ``tuning:`` block, ``{"trials", "seeds", "seed", "metric", "mode"}``, or None (see
+            :mod:`sqn_ray.study.tuning`); then ``seeds`` are the evaluation seeds and ``methods`` the spaces
+            each method is tuned over.
+        stage: what the trials are, one of :data:`STAGES`: ``"main"`` (a plain study) or a tuned study's
+            ``"tuning"`` or ``"evaluation"`` stage (:func:`sqn_ray.study.tuning.stage_spec` makes those).
+        configurations: a stage's explicit configurations, method -> ((number, {option: value}), ...), which
+            replace the product of ``methods``' axes in :attr:`grid`; None for a plain study.
         source: where it was read from (the file path, or ``"<study>"``).
         smoke: whether the ``smoke:`` overrides were applied.
         raw: the file's mapping as read (before defaults and overrides).
@@ -340,6 +364,9 @@ class StudySpec:
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     checkpoint_every: float | None = DEFAULT_CHECKPOINT_EVERY
     loggers: tuple[str, ...] = ()
+    tuning: dict[str, Any] | None = None
+    stage: str = "main"
+    configurations: dict[str, tuple[tuple[int, dict], ...]] | None = field(default=None, repr=False)
 
     # ---------------------------------------------------------------- grid
     def grid_axes(self, method: str) -> dict[str, tuple]:
@@ -357,6 +384,14 @@ class StudySpec:
     @functools.cached_property
     def grid(self) -> CellGrid:
         """The grid's cells, indexable without building them all (what the trials are handed)."""
+        if self.configurations is not None:  # a stage of a tuned study: one block per configuration
+            blocks, numbers = [], []
+            for method, configs in self.configurations.items():
+                for number, options in configs:
+                    names = tuple(sorted(options))
+                    blocks.append((method, names, tuple((options[n],) for n in names)))
+                    numbers.append(number)
+            return CellGrid(self.problems, tuple(blocks), self.seeds, tuple(numbers))
         methods = []
         for method in self.methods:
             axes = self.grid_axes(method)
@@ -370,6 +405,11 @@ class StudySpec:
 
     @property
     def num_trials(self) -> int:
+        """The study's trials: grid cells × samples (Optuna: its samples); a tuned study: both stages'."""
+        if self.tuning is not None:
+            from .tuning import stage_trials
+
+            return sum(stage_trials(self).values())
         if self.search["algorithm"] == "optuna":
             return int(self.search["num_samples"])
         return len(self.grid) * int(self.search["num_samples"])
@@ -398,7 +438,12 @@ class StudySpec:
                 "accuracy_every": self.accuracy_every, "max_failures": self.max_failures,
                 "max_concurrent_trials": self.max_concurrent_trials, "report_interval": self.report_interval,
                 "checkpoint_every": self.checkpoint_every, "loggers": list(self.loggers),
-                "source": self.source, "smoke": self.smoke}
+                "source": self.source, "smoke": self.smoke,
+                # only where set, so the fingerprints of plain studies stay what they were
+                **({"tuning": self.tuning} if self.tuning is not None else {}),
+                **({"stage": self.stage} if self.stage != "main" else {}),
+                **({"configurations": {m: [[n, o] for n, o in c] for m, c in self.configurations.items()}}
+                   if self.configurations is not None else {})}
 
     @property
     def fingerprint(self) -> str:
@@ -737,7 +782,12 @@ class _Parser:
                                            none_ok=True),
         }
 
-        methods = self.methods(spec, sqn_ray, algorithm)
+        tuned = spec.get("tuning") is not None
+        if tuned and algorithm != "grid":
+            self.fail("search.algorithm", f"a tuned study draws each method's configurations itself (tuning:), "
+                                          f"got search.algorithm {algorithm}; leave search out",
+                      value=algorithm, expected="grid (the default)")
+        methods = self.methods(spec, sqn_ray, "tuning" if tuned else algorithm)
         seeds = self.seeds(spec.get("seeds", 1))
 
         budget = self.mapping(spec.get("budget"), "budget", BUDGET_KEYS)
@@ -780,6 +830,10 @@ class _Parser:
         checkpoint_every = self.checkpoint_every(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
         loggers = self.loggers(spec.get("loggers", []))
 
+        tuning = self.tuning(spec.get("tuning"), seeds, metric, mode) if tuned else None
+        if tuned and scheduler is not None:
+            self.fail("scheduler", "a tuned study gives every configuration its whole budget (the same for every "
+                                   "method); remove the scheduler")
         if device == "cuda" and resources["gpu"] <= 0:
             self.fail("device", "device: cuda needs resources.gpu > 0 (or device: auto)")
         if algorithm == "optuna" and len(problems) != 1:
@@ -794,7 +848,7 @@ class _Parser:
                       scheduler=scheduler, dtype=dtype, device=device, accuracy_every=accuracy_every,
                       max_failures=max_failures, max_concurrent_trials=max_conc,
                       report_interval=report_interval, source=self.source, smoke=smoke, raw=raw, text=text,
-                      defaults=defaults, checkpoint_every=checkpoint_every, loggers=loggers)
+                      defaults=defaults, checkpoint_every=checkpoint_every, loggers=loggers, tuning=tuning)
         if study.num_trials == 0:
             self.fail("methods", "the study has no trials")
         if study.num_trials > MAX_TRIALS:
@@ -855,24 +909,51 @@ class _Parser:
                           expected=f"an installed logger of: {_fmt(LOGGERS)}")
         return names
 
-    def seeds(self, value) -> tuple[int, ...]:
+    def seeds(self, value, path: str = "seeds", first: int = 0) -> tuple[int, ...]:
+        """A count k (seeds first..first+k-1) or a list of distinct seeds >= 0."""
         if isinstance(value, int) and not isinstance(value, bool):
-            self.integer(value, "seeds", low=1)
+            self.integer(value, path, low=1)
             if value > MAX_SEEDS:
-                self.fail("seeds", f"{value:,} seeds, over the limit of {MAX_SEEDS:,}")
-            return tuple(range(value))
+                self.fail(path, f"{value:,} seeds, over the limit of {MAX_SEEDS:,}")
+            return tuple(range(first, first + value))
         if not isinstance(value, list) or not value:
-            self.fail("seeds", f"expected a count (10 -> seeds 0..9) or a non-empty list of seeds, got {_shown(value)}")
+            self.fail(path, f"expected a count (10 -> seeds {first}..{first + 9}) or a non-empty list of seeds, "
+                            f"got {_shown(value)}")
         if len(value) > MAX_SEEDS:
-            self.fail("seeds", f"{len(value):,} seeds listed, over the limit of {MAX_SEEDS:,}")
+            self.fail(path, f"{len(value):,} seeds listed, over the limit of {MAX_SEEDS:,}")
         out: dict[int, int] = {}  # seed -> its index (a dict: the duplicate check stays linear)
         for i, s in enumerate(value):
-            s = self.integer(s, f"seeds[{i}]", low=0)
+            s = self.integer(s, f"{path}[{i}]", low=0)
             if s in out:
-                self.fail(f"seeds[{i}]", f"seed {s} is listed twice (also seeds[{out[s]}])", value=s,
+                self.fail(f"{path}[{i}]", f"seed {s} is listed twice (also {path}[{out[s]}])", value=s,
                           expected="each seed once")
             out[s] = i
         return tuple(out)
+
+    def tuning(self, value, seeds, metric, mode) -> dict:
+        """The ``tuning:`` block: ``trials`` configurations per method (required), tuning ``seeds`` (a count k
+        gives :data:`TUNING_FIRST_SEED` .. +k-1; none may be an evaluation seed), the draws' generator ``seed``
+        and the selection ``metric`` (default: the study's)."""
+        block = self.mapping(value, "tuning", TUNING_KEYS)
+        if "trials" not in block:
+            self.fail("tuning.trials", "missing: how many configurations every method is given (the same budget "
+                                       "for each)")
+        trials = self.integer(block["trials"], "tuning.trials", low=1)
+        tuning_seeds = self.seeds(block.get("seeds", 2), "tuning.seeds", first=TUNING_FIRST_SEED)
+        evaluation = set(seeds)
+        for i, s in enumerate(tuning_seeds):
+            if s in evaluation:
+                self.fail(f"tuning.seeds[{i}]" if isinstance(block.get("seeds"), list) else "tuning.seeds",
+                          f"seed {s} is also an evaluation seed (seeds:); a configuration is chosen on tuning seeds "
+                          "and judged on fresh ones", value=s, expected="seeds not in seeds:")
+        chosen = block.get("metric", {"name": metric, "mode": mode})
+        if isinstance(chosen, str):
+            chosen = {"name": chosen}
+        chosen = self.mapping(chosen, "tuning.metric", ("name", "mode"))
+        name = self.choice(chosen.get("name", metric), "tuning.metric.name", tuple(METRICS))
+        return {"trials": trials, "seeds": list(tuning_seeds), "seed": self.integer(block.get("seed", 0),
+                "tuning.seed", low=0), "metric": name,
+                "mode": self.choice(chosen.get("mode", METRICS[name]), "tuning.metric.mode", ("min", "max"))}
 
     def scheduler(self, value, budget) -> dict | None:
         if value is None:
@@ -906,7 +987,8 @@ class _Parser:
             (kind, args), = value.items()
             self.choice(kind, f"{path}.{kind}" if isinstance(kind, str) else path, DISTRIBUTIONS)
             if algorithm == "grid":
-                self.fail(path, f"a range ({kind}) needs search.algorithm random or optuna; a grid takes lists")
+                self.fail(path, f"a range ({kind}) needs search.algorithm random or optuna, or a tuning: stage; "
+                                "a grid takes lists")
             if not isinstance(args, list) or not args:
                 self.fail(f"{path}.{kind}", f"expected a list, got {_shown(args)}")
             if kind == "choice":

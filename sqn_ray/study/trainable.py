@@ -84,8 +84,10 @@ def cell_from_config(config: dict, grid=None) -> dict[str, Any]:
             cell = grid[int(cell)]
         options = {k: _plain(v) for k, v in cell["options"].items()}
         options.update({k: _plain(v) for k, v in draw.items()})
-        return {"problem": cell["problem"], "method": cell["method"], "seed": int(cell["seed"]),
-                "options": options}
+        out = {"problem": cell["problem"], "method": cell["method"], "seed": int(cell["seed"]), "options": options}
+        if cell.get("tuning_config") is not None:  # a tuned study's stage: the configuration's number
+            out["tuning_config"] = int(cell["tuning_config"])
+        return out
     method = config["method"]
     prefix = method + "."
     options = {k[len(prefix):]: _plain(v) for k, v in config.items() if k.startswith(prefix)}

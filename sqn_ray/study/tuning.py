@@ -1,0 +1,234 @@
+"""A fair comparison protocol: every method tuned with the same budget, then judged on fresh seeds.
+
+A study file with a ``tuning:`` block is a *tuned study* (the protocol of DeepOBS and AlgoPerf)::
+
+    methods:                              # each method's space: lists and ranges, over its own options
+      gd:     {lr: {loguniform: [1.0e-3, 10.0]}}
+      s-lsr1: {memory: [4, 8, 16, 32], initial_trust_radius: {loguniform: [0.1, 10.0]}}
+      lsr1:   {}                          # nothing to tune: its one configuration
+    seeds: 10                             # the evaluation seeds
+    tuning:
+      trials: 8                           # configurations per method: the same budget for every method
+      seeds: 2                            # tuning seeds: a count (10000, 10001) or a list; never evaluation seeds
+      seed: 0                             # the generator of the draws
+      metric: {name: best_loss, mode: min}   # what the choice is made on (default: the study's metric)
+
+It runs in two stages, each an ordinary study (resumable, in Parquet) in a subfolder of the output folder:
+
+1. ``DIR/tuning/``: each method's configurations (:func:`draw_configurations`) on every problem and tuning seed;
+2. ``DIR/evaluation/``: each method's chosen configuration (:func:`choose`) on every problem and evaluation seed.
+
+``DIR/iterations.parquet`` and ``DIR/trials.parquet`` then hold both stages (:func:`combine`), told apart by the
+``stage`` column (``"tuning"``, ``"evaluation"``), with ``tuning_config`` the configuration's number within its
+method; their ``sqn_ray.tuning`` metadata (and ``DIR/tuning.json``) record the configurations, every
+configuration's score and the choice. A plain study's rows have ``stage`` ``"main"``.
+
+Pure functions over the validated :class:`~sqn_ray.study.spec.StudySpec` and Parquet files; no Ray.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io import atomic_path
+from .results import METRIC_COLUMNS, _conform
+from .spec import Distribution, StudySpec
+
+__all__ = ["TUNING_DIR", "EVALUATION_DIR", "RECORD_FILE", "draw_configurations", "stage_spec", "stage_trials",
+           "scores", "choose", "combine", "read_record"]
+
+TUNING_DIR = "tuning"
+EVALUATION_DIR = "evaluation"
+RECORD_FILE = "tuning.json"
+ROW_GROUP_ROWS = 65536
+
+
+def _method_rng(seed: int, method: str) -> np.random.Generator:
+    """The draws of one method: its own stream (adding a method to the study changes no other's draws)."""
+    return np.random.default_rng([seed, zlib.crc32(method.encode())])
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def draw_configurations(study: StudySpec) -> dict[str, tuple[tuple[int, dict], ...]]:
+    """Each method's tuning configurations, numbered in the order drawn.
+
+    A method whose space is a grid (lists only) of at most ``tuning.trials`` cells gets every cell, in grid
+    order (a method with nothing to tune: its one configuration); a larger grid, ``trials`` cells drawn
+    without repetition; a space with ranges, ``trials`` draws (ranges as in random search, lists uniformly).
+
+    Args:
+        study: a tuned study (``study.tuning`` set).
+
+    Returns:
+        method -> ((number, {option: value}), ...), options in name order; deterministic in
+        ``tuning.seed`` and the method's name.
+    """
+    budget, seed = study.tuning["trials"], study.tuning["seed"]
+    out = {}
+    for method, axes in study.methods.items():
+        names = sorted(axes)
+        rng = _method_rng(seed, method)
+        if not any(isinstance(axes[n], Distribution) for n in names):
+            sizes = [len(axes[n]) for n in names]
+            cells = math.prod(sizes)
+            if cells <= budget:
+                combos = list(itertools.product(*(axes[n] for n in names)))
+            else:  # mixed-radix decoding of cells drawn without repetition (never building the product)
+                combos = []
+                for index in rng.choice(cells, size=budget, replace=False):
+                    index, combo = int(index), []
+                    for n, size in zip(reversed(names), reversed(sizes)):
+                        index, at = divmod(index, size)
+                        combo.append(axes[n][at])
+                    combos.append(tuple(reversed(combo)))
+            configs = [dict(zip(names, combo)) for combo in combos]
+        else:
+            configs = [{n: (axes[n].sample(rng) if isinstance(axes[n], Distribution)
+                            else axes[n][int(rng.integers(len(axes[n])))]) for n in names}
+                       for _ in range(budget)]
+        out[method] = tuple((i, {k: _plain(v) for k, v in c.items()}) for i, c in enumerate(configs))
+    return out
+
+
+def stage_spec(study: StudySpec, stage: str, configurations: dict | None = None) -> StudySpec:
+    """The study one stage runs: an ordinary study over explicit configurations.
+
+    Args:
+        study: the tuned study.
+        stage: ``"tuning"`` (the drawn configurations on the tuning seeds, chosen on ``tuning.metric``) or
+            ``"evaluation"`` (``configurations`` on the evaluation seeds, ranked by the study's metric).
+        configurations: for ``"evaluation"``, method -> ((number, options),), the chosen ones.
+
+    Returns:
+        A :class:`StudySpec` with ``stage`` set, ``tuning`` None and the configurations as its grid.
+    """
+    if stage == "tuning":
+        configurations = draw_configurations(study)
+        seeds, metric, mode = tuple(study.tuning["seeds"]), study.tuning["metric"], study.tuning["mode"]
+    elif stage == "evaluation":
+        if configurations is None:
+            raise ValueError("the evaluation stage needs the chosen configurations")
+        seeds, metric, mode = study.seeds, study.metric, study.mode
+    else:
+        raise ValueError(f"stage={stage!r} is not one of ('tuning', 'evaluation')")
+    methods = {m: {opt: tuple(dict.fromkeys(o[opt] for _, o in configs if opt in o))
+                   for opt in sorted({k for _, o in configs for k in o})}
+               for m, configs in configurations.items()}
+    return replace(study, methods=methods, seeds=seeds, metric=metric, mode=mode, tuning=None, stage=stage,
+                   configurations=configurations)
+
+
+def stage_trials(study: StudySpec) -> dict[str, int]:
+    """The trials of each stage of a tuned study: ``{"tuning": n, "evaluation": n}``."""
+    problems = len(study.problems)
+    configs = sum(len(c) for c in draw_configurations(study).values())
+    return {"tuning": configs * problems * len(study.tuning["seeds"]),
+            "evaluation": len(study.methods) * problems * len(study.seeds)}
+
+
+def scores(trials: pa.Table, metric: str, mode: str) -> dict[str, dict[str, dict[int, float]]]:
+    """The selection score of every tuning configuration: the mean over tuning seeds of its trials' metric.
+
+    A trial without a finite value (diverged, failed) scores the worst possible value (+∞ for ``min``, −∞ for
+    ``max``), and so does its configuration's mean.
+
+    Args:
+        trials: the tuning stage's ``trials.parquet`` (columns problem, method, tuning_config and the metric's).
+        metric, mode: a name of :data:`~sqn_ray.study.spec.METRICS` and ``"min"`` / ``"max"``.
+
+    Returns:
+        method -> problem -> configuration number -> score.
+    """
+    worst = math.inf if mode == "min" else -math.inf
+    values: dict[tuple, list[float]] = {}
+    columns = trials.select(["method", "problem", "tuning_config", METRIC_COLUMNS[metric]]).to_pydict()
+    for method, problem, number, value in zip(*columns.values()):
+        ok = value is not None and math.isfinite(value)
+        values.setdefault((method, problem, int(number)), []).append(float(value) if ok else worst)
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    for (method, problem, number), vals in sorted(values.items()):
+        out.setdefault(method, {}).setdefault(problem, {})[number] = (
+            worst if worst in vals else float(np.mean(vals)))
+    return out
+
+
+def choose(config_scores: dict[str, dict[str, dict[int, float]]], mode: str) -> dict[str, dict[str, Any]]:
+    """Each method's chosen configuration: the best mean rank across problems (ranked within each problem by
+    score, ties sharing their mean rank; one problem: the best score); ties go to the earlier configuration.
+
+    Args:
+        config_scores: :func:`scores`' value.
+        mode: ``"min"`` or ``"max"`` (which scores are better).
+
+    Returns:
+        method -> ``{"tuning_config": number, "mean_rank": r, "scores": {problem: score}, "score": mean of
+        those}``.
+    """
+    sign = 1.0 if mode == "min" else -1.0
+    chosen = {}
+    for method, by_problem in config_scores.items():
+        numbers = sorted(set().union(*(set(s) for s in by_problem.values())))
+        ranks = {n: 0.0 for n in numbers}
+        for problem_scores in by_problem.values():
+            keyed = {n: sign * problem_scores.get(n, math.inf * sign) for n in numbers}
+            for n in numbers:  # 1 + the better ones + half the ties (mean rank)
+                better = sum(1 for m in numbers if keyed[m] < keyed[n])
+                ties = sum(1 for m in numbers if keyed[m] == keyed[n]) - 1
+                ranks[n] += 1 + better + ties / 2
+        best = min(numbers, key=lambda n: (ranks[n], n))
+        per_problem = {p: s[best] for p, s in by_problem.items() if best in s}
+        chosen[method] = {"tuning_config": best, "mean_rank": ranks[best] / len(by_problem),
+                          "scores": per_problem, "score": float(np.mean(list(per_problem.values())))}
+    return chosen
+
+
+def read_record(out: str | Path) -> dict | None:
+    """``DIR/tuning.json``: the configurations, their scores and the choice (None before the choice)."""
+    path = Path(out) / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_record(out: str | Path, record: dict) -> None:
+    with atomic_path(Path(out) / RECORD_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+
+
+def record(study: StudySpec, configurations: dict, config_scores: dict, chosen: dict) -> dict:
+    """What ``tuning.json`` and the ``sqn_ray.tuning`` metadata hold."""
+    return {"trials": study.tuning["trials"], "seeds": list(study.tuning["seeds"]), "seed": study.tuning["seed"],
+            "metric": study.tuning["metric"], "mode": study.tuning["mode"],
+            "configurations": {m: [o for _, o in c] for m, c in configurations.items()},
+            "scores": {m: {p: {str(n): v for n, v in s.items()} for p, s in by_p.items()}
+                       for m, by_p in config_scores.items()},
+            "chosen": {m: {**c, "options": dict(configurations[m][c["tuning_config"]][1])}
+                       for m, c in chosen.items()}}
+
+
+def combine(out: str | Path, sources: list[Path], metadata: dict[bytes, bytes]) -> Path:
+    """One file from the stages' files of the same kind (``iterations.parquet`` or ``trials.parquet``): their
+    rows in stage order, one row group at a time (never a whole file in memory), columns unified (a column one
+    stage lacks is null there), ``metadata`` as the schema metadata; written atomically to ``out``."""
+    schemas = [pq.read_schema(s).remove_metadata() for s in sources]
+    merged = pa.unify_schemas(schemas, promote_options="permissive")
+    head = [n for n in schemas[0].names]
+    schema = pa.schema([merged.field(n) for n in head + sorted(set(merged.names) - set(head))], metadata=metadata)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for source in sources:
+                file = pq.ParquetFile(source)
+                for group in range(file.num_row_groups):
+                    writer.write_table(_conform(file.read_row_group(group), schema), row_group_size=ROW_GROUP_ROWS)
+    return out
