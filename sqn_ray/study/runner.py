@@ -394,11 +394,11 @@ def _run_tuned(out: Path, study: StudySpec, *, address, resume, progress, num_cp
 
         stages["tuning"] = first = run_stage(tuning, T.TUNING_DIR)
         if not first.interrupted:
-            config_scores = T.scores(pq.read_table(first.trials_path), tuning.metric, tuning.mode)
-            chosen = T.choose(config_scores, tuning.mode)
-            record = T.record(study, tuning.configurations, config_scores, chosen)
+            config_scores = T.scores(pq.read_table(first.trials_path), tuning.metric, tuning.mode,
+                                     tuning.configurations, study.tuning.get("separate", ()))
+            record = T.record(study, tuning.configurations, config_scores, T.choose(config_scores, tuning.mode))
             T.write_record(out, record)
-            picked = {m: ((c["tuning_config"], record["chosen"][m]["options"]),) for m, c in chosen.items()}
+            picked = T.chosen_configurations(record)
             stages["evaluation"] = run_stage(T.stage_spec(study, "evaluation", picked), T.EVALUATION_DIR)
     finally:
         if connected:

@@ -92,7 +92,7 @@ BUDGET_KEYS = ("iterations", "grad_equivalents", "wall_time")
 STOP_KEYS = ("accuracy", "loss")
 RESOURCE_KEYS = ("cpu", "gpu")
 SEARCH_KEYS = ("algorithm", "num_samples", "seed", "max_concurrent")
-TUNING_KEYS = ("trials", "seeds", "seed", "metric")
+TUNING_KEYS = ("trials", "seeds", "seed", "metric", "separate")
 #: what a study's trials are: a plain study's ("main"), or one of the two stages of a tuned study
 STAGES = ("main", "tuning", "evaluation")
 SCHEDULER_KEYS = ("type", "time_attr", "grace_period", "max_t", "reduction_factor", "brackets")
@@ -830,7 +830,7 @@ class _Parser:
         checkpoint_every = self.checkpoint_every(spec.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
         loggers = self.loggers(spec.get("loggers", []))
 
-        tuning = self.tuning(spec.get("tuning"), seeds, metric, mode) if tuned else None
+        tuning = self.tuning(spec.get("tuning"), seeds, metric, mode, methods) if tuned else None
         if tuned and scheduler is not None:
             self.fail("scheduler", "a tuned study gives every configuration its whole budget (the same for every "
                                    "method); remove the scheduler")
@@ -930,10 +930,10 @@ class _Parser:
             out[s] = i
         return tuple(out)
 
-    def tuning(self, value, seeds, metric, mode) -> dict:
+    def tuning(self, value, seeds, metric, mode, methods) -> dict:
         """The ``tuning:`` block: ``trials`` configurations per method (required), tuning ``seeds`` (a count k
-        gives :data:`TUNING_FIRST_SEED` .. +k-1; none may be an evaluation seed), the draws' generator ``seed``
-        and the selection ``metric`` (default: the study's)."""
+        gives :data:`TUNING_FIRST_SEED` .. +k-1; none may be an evaluation seed), the draws' generator ``seed``,
+        the selection ``metric`` (default: the study's) and the options tuned ``separate``ly (list axes)."""
         block = self.mapping(value, "tuning", TUNING_KEYS)
         if "trials" not in block:
             self.fail("tuning.trials", "missing: how many configurations every method is given (the same budget "
@@ -951,9 +951,18 @@ class _Parser:
             chosen = {"name": chosen}
         chosen = self.mapping(chosen, "tuning.metric", ("name", "mode"))
         name = self.choice(chosen.get("name", metric), "tuning.metric.name", tuple(METRICS))
-        return {"trials": trials, "seeds": list(tuning_seeds), "seed": self.integer(block.get("seed", 0),
-                "tuning.seed", low=0), "metric": name,
-                "mode": self.choice(chosen.get("mode", METRICS[name]), "tuning.metric.mode", ("min", "max"))}
+        out = {"trials": trials, "seeds": list(tuning_seeds), "seed": self.integer(block.get("seed", 0),
+               "tuning.seed", low=0), "metric": name,
+               "mode": self.choice(chosen.get("mode", METRICS[name]), "tuning.metric.mode", ("min", "max"))}
+        if block.get("separate") not in (None, []):  # only when given: earlier tuned studies keep their fingerprint
+            swept = sorted({o for axes in methods.values() for o, v in axes.items() if isinstance(v, tuple)})
+            out["separate"] = list(self.str_list(block["separate"], "tuning.separate", swept))
+            for method, axes in methods.items():
+                for option in out["separate"]:
+                    if isinstance(axes.get(option), Distribution):
+                        self.fail(f"methods.{method}.{option}", "an option tuned apart (tuning.separate) takes a "
+                                                                "list of values, not a range", value=option)
+        return out
 
     def scheduler(self, value, budget) -> dict | None:
         if value is None:

@@ -12,6 +12,7 @@ A study file with a ``tuning:`` block is a *tuned study* (the protocol of DeepOB
       seeds: 2                            # tuning seeds: a count (10000, 10001) or a list; never evaluation seeds
       seed: 0                             # the generator of the draws
       metric: {name: best_loss, mode: min}   # what the choice is made on (default: the study's metric)
+      separate: [sampling]                # tuned apart: each value its own budget and choice (Options I, II)
 
 It runs in two stages, each an ordinary study (resumable, in Parquet) in a subfolder of the output folder:
 
@@ -43,8 +44,8 @@ from ..io import atomic_path
 from .results import METRIC_COLUMNS, _conform
 from .spec import Distribution, StudySpec
 
-__all__ = ["TUNING_DIR", "EVALUATION_DIR", "RECORD_FILE", "draw_configurations", "stage_spec", "stage_trials",
-           "scores", "choose", "combine", "read_record"]
+__all__ = ["TUNING_DIR", "EVALUATION_DIR", "RECORD_FILE", "variant", "draw_configurations", "stage_spec",
+           "stage_trials", "scores", "choose", "record", "chosen_configurations", "combine", "read_record"]
 
 TUNING_DIR = "tuning"
 EVALUATION_DIR = "evaluation"
@@ -61,43 +62,60 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def variant(method: str, options: dict, separate=()) -> str:
+    """What a configuration is tuned as: its method, plus the values of the ``tuning.separate`` options it has
+    (``"s-lsr1/sampling=hvp"``); each variant gets its own budget and its own choice."""
+    tags = [f"{k}={options[k]}" for k in sorted(separate) if k in options]
+    return "/".join([method, *tags])
+
+
+def _draw(axes: dict, budget: int, rng: np.random.Generator) -> list[dict]:
+    """``budget`` configurations of one space (a small grid: all its cells; see :func:`draw_configurations`)."""
+    names = sorted(axes)
+    if not any(isinstance(axes[n], Distribution) for n in names):
+        sizes = [len(axes[n]) for n in names]
+        cells = math.prod(sizes)
+        if cells <= budget:
+            return [dict(zip(names, combo)) for combo in itertools.product(*(axes[n] for n in names))]
+        combos = []  # mixed-radix decoding of cells drawn without repetition (never building the product)
+        for index in rng.choice(cells, size=budget, replace=False):
+            index, combo = int(index), []
+            for n, size in zip(reversed(names), reversed(sizes)):
+                index, at = divmod(index, size)
+                combo.append(axes[n][at])
+            combos.append(dict(zip(names, reversed(combo))))
+        return combos
+    return [{n: (axes[n].sample(rng) if isinstance(axes[n], Distribution)
+                 else axes[n][int(rng.integers(len(axes[n])))]) for n in names} for _ in range(budget)]
+
+
 def draw_configurations(study: StudySpec) -> dict[str, tuple[tuple[int, dict], ...]]:
     """Each method's tuning configurations, numbered in the order drawn.
 
     A method whose space is a grid (lists only) of at most ``tuning.trials`` cells gets every cell, in grid
     order (a method with nothing to tune: its one configuration); a larger grid, ``trials`` cells drawn
     without repetition; a space with ranges, ``trials`` draws (ranges as in random search, lists uniformly).
+    The ``tuning.separate`` options are not drawn: each of their values (each combination) gets that budget
+    of its own, numbered after the previous value's.
 
     Args:
         study: a tuned study (``study.tuning`` set).
 
     Returns:
         method -> ((number, {option: value}), ...), options in name order; deterministic in
-        ``tuning.seed`` and the method's name.
+        ``tuning.seed``, the method's name and the separate options' values.
     """
     budget, seed = study.tuning["trials"], study.tuning["seed"]
+    separate = study.tuning.get("separate", ())
     out = {}
     for method, axes in study.methods.items():
-        names = sorted(axes)
-        rng = _method_rng(seed, method)
-        if not any(isinstance(axes[n], Distribution) for n in names):
-            sizes = [len(axes[n]) for n in names]
-            cells = math.prod(sizes)
-            if cells <= budget:
-                combos = list(itertools.product(*(axes[n] for n in names)))
-            else:  # mixed-radix decoding of cells drawn without repetition (never building the product)
-                combos = []
-                for index in rng.choice(cells, size=budget, replace=False):
-                    index, combo = int(index), []
-                    for n, size in zip(reversed(names), reversed(sizes)):
-                        index, at = divmod(index, size)
-                        combo.append(axes[n][at])
-                    combos.append(tuple(reversed(combo)))
-            configs = [dict(zip(names, combo)) for combo in combos]
-        else:
-            configs = [{n: (axes[n].sample(rng) if isinstance(axes[n], Distribution)
-                            else axes[n][int(rng.integers(len(axes[n])))]) for n in names}
-                       for _ in range(budget)]
+        apart = sorted(n for n in separate if n in axes)
+        drawn = {n: v for n, v in axes.items() if n not in apart}
+        configs: list[dict] = []
+        for values in itertools.product(*(axes[n] for n in apart)):
+            fixed = dict(zip(apart, values))
+            rng = _method_rng(seed, variant(method, fixed, apart))  # with nothing apart: the method's own stream
+            configs += [dict(sorted({**c, **fixed}.items())) for c in _draw(drawn, budget, rng)]
         out[method] = tuple((i, {k: _plain(v) for k, v in c.items()}) for i, c in enumerate(configs))
     return out
 
@@ -133,12 +151,15 @@ def stage_spec(study: StudySpec, stage: str, configurations: dict | None = None)
 def stage_trials(study: StudySpec) -> dict[str, int]:
     """The trials of each stage of a tuned study: ``{"tuning": n, "evaluation": n}``."""
     problems = len(study.problems)
-    configs = sum(len(c) for c in draw_configurations(study).values())
-    return {"tuning": configs * problems * len(study.tuning["seeds"]),
-            "evaluation": len(study.methods) * problems * len(study.seeds)}
+    drawn = draw_configurations(study)
+    separate = study.tuning.get("separate", ())
+    variants = {variant(m, o, separate) for m, configs in drawn.items() for _, o in configs}
+    return {"tuning": sum(len(c) for c in drawn.values()) * problems * len(study.tuning["seeds"]),
+            "evaluation": len(variants) * problems * len(study.seeds)}
 
 
-def scores(trials: pa.Table, metric: str, mode: str) -> dict[str, dict[str, dict[int, float]]]:
+def scores(trials: pa.Table, metric: str, mode: str, configurations: dict | None = None,
+           separate=()) -> dict[str, dict[str, dict[int, float]]]:
     """The selection score of every tuning configuration: the mean over tuning seeds of its trials' metric.
 
     A trial without a finite value (diverged, failed) scores the worst possible value (+∞ for ``min``, −∞ for
@@ -147,16 +168,21 @@ def scores(trials: pa.Table, metric: str, mode: str) -> dict[str, dict[str, dict
     Args:
         trials: the tuning stage's ``trials.parquet`` (columns problem, method, tuning_config and the metric's).
         metric, mode: a name of :data:`~sqn_ray.study.spec.METRICS` and ``"min"`` / ``"max"``.
+        configurations, separate: the drawn configurations (:func:`draw_configurations`) and the
+            ``tuning.separate`` options: each value of those a configuration sets is a variant of its own.
 
     Returns:
-        method -> problem -> configuration number -> score.
+        variant (:func:`variant`: the method, with the separate options' values) -> problem -> configuration
+        number -> score.
     """
     worst = math.inf if mode == "min" else -math.inf
     values: dict[tuple, list[float]] = {}
+    options = {m: dict(c) for m, c in (configurations or {}).items()}
     columns = trials.select(["method", "problem", "tuning_config", METRIC_COLUMNS[metric]]).to_pydict()
     for method, problem, number, value in zip(*columns.values()):
         ok = value is not None and math.isfinite(value)
-        values.setdefault((method, problem, int(number)), []).append(float(value) if ok else worst)
+        name = variant(method, options[method][int(number)], separate) if separate else method
+        values.setdefault((name, problem, int(number)), []).append(float(value) if ok else worst)
     out: dict[str, dict[str, dict[int, float]]] = {}
     for (method, problem, number), vals in sorted(values.items()):
         out.setdefault(method, {}).setdefault(problem, {})[number] = (
@@ -207,13 +233,24 @@ def write_record(out: str | Path, record: dict) -> None:
 
 def record(study: StudySpec, configurations: dict, config_scores: dict, chosen: dict) -> dict:
     """What ``tuning.json`` and the ``sqn_ray.tuning`` metadata hold."""
+    method_of = {v: v.split("/", 1)[0] for v in chosen}
     return {"trials": study.tuning["trials"], "seeds": list(study.tuning["seeds"]), "seed": study.tuning["seed"],
             "metric": study.tuning["metric"], "mode": study.tuning["mode"],
+            "separate": list(study.tuning.get("separate", ())),
             "configurations": {m: [o for _, o in c] for m, c in configurations.items()},
-            "scores": {m: {p: {str(n): v for n, v in s.items()} for p, s in by_p.items()}
-                       for m, by_p in config_scores.items()},
-            "chosen": {m: {**c, "options": dict(configurations[m][c["tuning_config"]][1])}
-                       for m, c in chosen.items()}}
+            "scores": {v: {p: {str(n): s for n, s in by_n.items()} for p, by_n in by_p.items()}
+                       for v, by_p in config_scores.items()},
+            "chosen": {v: {**c, "method": method_of[v],
+                           "options": dict(configurations[method_of[v]][c["tuning_config"]][1])}
+                       for v, c in chosen.items()}}
+
+
+def chosen_configurations(record: dict) -> dict[str, tuple[tuple[int, dict], ...]]:
+    """The evaluation stage's configurations from a :func:`record`: method -> its variants' choices."""
+    out: dict[str, list] = {}
+    for c in record["chosen"].values():
+        out.setdefault(c["method"], []).append((c["tuning_config"], c["options"]))
+    return {m: tuple(sorted(v, key=lambda x: x[0])) for m, v in out.items()}
 
 
 def combine(out: str | Path, sources: list[Path], metadata: dict[bytes, bytes]) -> Path:

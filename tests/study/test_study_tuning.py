@@ -105,6 +105,34 @@ def test_the_tuning_stage_is_a_grid_of_the_configurations_on_the_tuning_seeds():
     assert len({stage.fingerprint, evaluation.fingerprint, study.fingerprint}) == 3
 
 
+def test_separate_options_give_each_of_their_values_its_own_budget_and_choice():
+    study = _tuned(methods={"s-lsr1": {"sampling": ["hvp", "grad-diff"], "memory": {"logint": [2, 32]}},
+                            "gd": {"lr": {"loguniform": [0.01, 10.0]}}},
+                   tuning={"trials": 3, "seeds": 1, "separate": ["sampling"]})
+    configs = T.draw_configurations(study)
+    assert [o["sampling"] for _, o in configs["s-lsr1"]] == ["hvp"] * 3 + ["grad-diff"] * 3
+    assert [n for n, _ in configs["s-lsr1"]] == list(range(6))
+    plain = _tuned(methods={"gd": {"lr": {"loguniform": [0.01, 10.0]}}}, tuning={"trials": 3, "seeds": 1})
+    assert configs["gd"] == T.draw_configurations(plain)["gd"]  # a method without the option: its own draws
+    assert T.stage_trials(study) == {"tuning": 9, "evaluation": 3 * 2}  # 3 variants x 2 evaluation seeds
+
+    rows = [("s-lsr1", n, o["sampling"], float(10 - n)) for n, o in configs["s-lsr1"]] + \
+           [("gd", n, None, float(n)) for n, _ in configs["gd"]]
+    trials = pa.table({"method": [r[0] for r in rows], "problem": ["toy-small"] * len(rows),
+                       "tuning_config": [r[1] for r in rows], "final_loss": [r[3] for r in rows]})
+    scores = T.scores(trials, "loss", "min", configs, ["sampling"])
+    assert set(scores) == {"s-lsr1/sampling=hvp", "s-lsr1/sampling=grad-diff", "gd"}
+    record = T.record(study, configs, scores, T.choose(scores, "min"))
+    assert record["chosen"]["s-lsr1/sampling=hvp"]["tuning_config"] == 2  # the lowest loss of configs 0-2
+    assert record["chosen"]["s-lsr1/sampling=grad-diff"]["tuning_config"] == 5
+    picked = T.chosen_configurations(record)
+    assert [n for n, _ in picked["s-lsr1"]] == [2, 5] and [n for n, _ in picked["gd"]] == [0]
+    evaluation = T.stage_spec(study, "evaluation", picked)
+    assert len(list(evaluation.grid)) == 6
+    with pytest.raises(StudySpecError, match="tuning.separate"):
+        _tuned(tuning={"trials": 2, "separate": ["memroy"]})
+
+
 # ------------------------------------------------------------------------------------------------ the choice
 def test_scores_are_means_over_seeds_and_a_failed_trial_scores_worst():
     trials = pa.table({"method": ["gd"] * 4 + ["adam"] * 2, "problem": ["p"] * 6,
