@@ -190,9 +190,22 @@ def scores(trials: pa.Table, metric: str, mode: str, configurations: dict | None
     return out
 
 
+#: scores this close (relative) are a tie: configurations that differ only in round-off (e.g. in r under Option II,
+#: which the trajectory is invariant to) must not be told apart by their last bits
+TIE_TOLERANCE = 1e-9
+
+
+def _better(a: float, b: float) -> bool:
+    """a < b by more than :data:`TIE_TOLERANCE` (relative); infinities compare as they are."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a < b
+    return a < b - TIE_TOLERANCE * max(abs(a), abs(b))
+
+
 def choose(config_scores: dict[str, dict[str, dict[int, float]]], mode: str) -> dict[str, dict[str, Any]]:
     """Each method's chosen configuration: the best mean rank across problems (ranked within each problem by
     score, ties sharing their mean rank; one problem: the best score); ties go to the earlier configuration.
+    Scores within :data:`TIE_TOLERANCE` of each other (relative) are ties.
 
     Args:
         config_scores: :func:`scores`' value.
@@ -210,9 +223,9 @@ def choose(config_scores: dict[str, dict[str, dict[int, float]]], mode: str) -> 
         for problem_scores in by_problem.values():
             keyed = {n: sign * problem_scores.get(n, math.inf * sign) for n in numbers}
             for n in numbers:  # 1 + the better ones + half the ties (mean rank)
-                better = sum(1 for m in numbers if keyed[m] < keyed[n])
-                ties = sum(1 for m in numbers if keyed[m] == keyed[n]) - 1
-                ranks[n] += 1 + better + ties / 2
+                better = sum(1 for m in numbers if _better(keyed[m], keyed[n]))
+                ties = sum(1 for m in numbers if not _better(keyed[m], keyed[n]) and not _better(keyed[n], keyed[m]))
+                ranks[n] += 1 + better + (ties - 1) / 2
         best = min(numbers, key=lambda n: (ranks[n], n))
         per_problem = {p: s[best] for p, s in by_problem.items() if best in s}
         chosen[method] = {"tuning_config": best, "mean_rank": ranks[best] / len(by_problem),

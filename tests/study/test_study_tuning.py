@@ -150,6 +150,9 @@ def test_the_choice_is_the_best_mean_rank_across_problems_ties_to_the_earlier_co
     assert chosen["gd"]["scores"] == {"a": 2.0, "b": 10.0} and chosen["gd"]["score"] == 6.0
     assert chosen["adam"]["tuning_config"] == 0 and chosen["adam"]["mean_rank"] == 1.5
     assert T.choose({"gd": {"a": {0: 1.0, 1: 2.0}}}, "max")["gd"]["tuning_config"] == 1
+    # two configurations apart only by round-off (Option II across r) tie: the earlier one is chosen
+    roundoff = {"s-lsr1": {"a": {0: 0.48488471951086, 1: 0.48488471951052, 2: 0.6}}}
+    assert T.choose(roundoff, "min")["s-lsr1"]["tuning_config"] == 0
 
 
 def test_combine_streams_the_stages_rows_in_order_with_unified_columns(tmp_path):
