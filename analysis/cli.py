@@ -50,9 +50,12 @@ def report_command(args) -> int:
     from .report import build_report
 
     rep = build_report(args.dir, args.out, eigen=args.eigen, formats=args.format)
-    study = rep.study
+    study = rep.results
     print(f"study '{study.name}': {len(study.trials)} trials, {len(study.configs)} configs, "
           f"{len(study.iterations)} iteration rows" + (f", {study.running} still running" if study.running else ""))
+    if study.tuned:  # which trials the comparisons use
+        print(f"  stages: {', '.join(study.stages)}; methods compared on {len(rep.study.trials)} trials "
+              f"({', '.join(sorted(set(rep.study.trials['stage'])))})")
     for f in rep.findings:
         print(f"  - {f}")
         if f.table is not None and len(f.table):  # the ranked rows, best and worst only (findings.md has them too)

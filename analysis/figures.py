@@ -7,6 +7,12 @@
    poster's cost and storage table
 5. :func:`eigen_spectra` spectra of the true Hessian and of the QN approximations at three trajectory points
 6. :func:`anchors`      our LBFGS / BFGS beside torch.optim.LBFGS and scipy on the same seeds
+7. :func:`performance_profiles` Dolan–Moré and Moré–Wild profiles over (problem, seed) instances
+8. :func:`tuning_curves` a tuned study's tuning stage: best selection score after k configurations, per method
+
+Every figure but the last compares methods on what it is given: the report gives them
+:meth:`~analysis.load.StudyResults.comparison` (a tuned study's evaluation stage). Figure 8 reads the tuning stage
+of the results it is given (:data:`ALL_STAGES`).
 
 Curves are the median across seeds with the interquartile range (25–75 %) as a band: each trial is resampled
 onto a common grid of the x-axis, holding its last value once it has stopped (a solved run stays solved).
@@ -36,10 +42,11 @@ from matplotlib.textpath import TextToPath
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from . import tables as T
-from .load import ANCHORS, LN2, SAMPLED, StudyResults
+from .load import ANCHORS, LN2, SAMPLED, TUNING, StudyResults, _method_rank, family
 
-__all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "FIGURES",
-           "palette", "resample", "save", "to_png", "wrap_text", "freeze_layout"]
+__all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "performance_profiles",
+           "tuning_curves", "FIGURES", "ALL_STAGES", "palette", "resample", "save", "to_png", "wrap_text",
+           "freeze_layout"]
 
 X_AXES = {"iteration": "iterations", "grad_equivalents": "gradient-equivalents (≈ epochs)",
           "wall_time": "wall time (s, optimizer only)"}
@@ -726,7 +733,6 @@ def anchors(study: StudyResults) -> Figure:
     return _done(fig, title)
 
 
-#: (file stem, title, function) of every report figure, in report order
 def performance_profiles(study: StudyResults) -> Figure:
     """Figure 7: Dolan–Moré performance profiles (iterations, gradient-equivalents, wall time to the target) and
     the Moré–Wild data profile over (problem, seed) instances (:mod:`analysis.profiles`)."""
@@ -742,6 +748,74 @@ def performance_profiles(study: StudyResults) -> Figure:
     return _done(fig, title)
 
 
+# ------------------------------------------------------------------------------------------ 8 tuning
+def tuning_curves(results: StudyResults) -> Figure:
+    """Figure 8: a tuned study's tuning curves (:func:`analysis.tuning.tuning_curve`), one panel per problem and
+    one line per method (per variant, when options are tuned apart: shades of the method's colour): the best
+    selection score among the first k configurations, k = 1..B in the order drawn;
+    dots, each configuration's own score; a ring, the configuration chosen. Log-scale y for losses. Skipped
+    (``fig.skipped``) when the results hold no tuning stage."""
+    from . import tuning
+
+    title = "8. Tuning curves: best selection score after k configurations, the same budget for every method"
+    if not results.tuned:
+        return _skipped(title, "not a tuned study (no tuning stage): every method is compared on all its trials")
+    curve = tuning.tuning_curve(results)
+    if curve.empty:
+        return _no_data(title, "the tuning stage has no trial with a configuration number yet")
+    metric, mode, _ = tuning.selection(results)
+    seeds = (results.tuning or {}).get("seeds") or sorted(results.stage(TUNING).trials["seed"].dropna().unique())
+    finite = curve["score"].replace([np.inf, -np.inf], np.nan).dropna()
+    log_y = metric in tuning.LOG_METRICS and len(finite) and (finite > 0).all()
+    problems = [p for p in results.problems if p in set(curve["problem"])]
+    order = curve.drop_duplicates("variant").sort_values(
+        "method", key=lambda c: c.map(lambda m: _method_rank(str(m))), kind="stable")
+    lines = list(order["variant"])
+    colors = palette(lines)  # the method's hue; variants of one method in shades of it
+    method_of = dict(zip(order["variant"], order["method"]))
+    ncol = min(3, len(problems))
+    nrow = math.ceil(len(problems) / ncol)
+    budget = int(curve["k"].max())
+    with _style():
+        fig = Figure(figsize=(4.6 * ncol + 2.2, 3.4 * nrow), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
+        for ax, problem in zip(axes, problems):
+            c = curve[curve["problem"] == problem]
+            for label in lines:
+                g = c[c["variant"] == label].replace([np.inf, -np.inf], np.nan)
+                if g.empty:
+                    continue
+                color = colors[label]
+                ks, best = g["k"].to_numpy(dtype=float), g["best so far"].to_numpy(dtype=float)
+                (line,) = ax.plot(np.append(ks, ks[-1] + 0.5), np.append(best, best[-1]), drawstyle="steps-post",
+                                  color=color, lw=1.8, label=label)  # the last value held to the panel's edge
+                dashes = FAMILY_DASHES.get(family(method_of[label]), "")
+                if dashes:
+                    line.set_dashes(dashes)
+                ax.scatter(g["k"], g["score"], color=color, s=14, alpha=0.45, lw=0)
+                pick = g[g["chosen"]]
+                ax.scatter(pick["k"], pick["score"], facecolors="none", edgecolors=[color], s=90, lw=1.6, zorder=5)
+            if log_y:
+                ax.set_yscale("log")
+            ax.set_xlim(0.5, budget + 0.5)
+            ax.set_xticks(sorted(set(np.linspace(1, budget, min(budget, 8)).round().astype(int))))
+            ax.set_xlabel("configurations tried, k (in the order drawn)")
+            ax.set_ylabel(f"best score so far\n(mean {metric} over {len(seeds)} tuning seeds)")
+            ax.set_title(f"{problem}: tuning curve ({'lower' if mode == 'min' else 'higher'} is better)", fontsize=9)
+        for ax in axes[len(problems):]:
+            ax.set_visible(False)
+        ax0 = axes[0]
+        ax0.scatter([], [], color="0.4", s=14, alpha=0.45, lw=0, label="one configuration's score")
+        ax0.scatter([], [], facecolors="none", edgecolors=["0.2"], s=90, lw=1.6, label="chosen configuration")
+        _legend(fig, axes[:len(problems)], "method (line: best so far)")
+    return _done(fig, title)
+
+
+#: figures that read every stage of the results they are given (the others compare methods on
+#: :meth:`~analysis.load.StudyResults.comparison`, which the report gives them)
+ALL_STAGES = frozenset({"fig8-tuning"})
+
+#: (file stem, title, function) of every report figure, in report order
 FIGURES = (
     ("fig1-convergence", "Convergence", convergence),
     ("fig2-robustness", "Robustness", robustness),
@@ -750,4 +824,5 @@ FIGURES = (
     ("fig5-eigen", "Eigenvalue spectra", eigen_spectra),
     ("fig6-anchors", "External anchors", anchors),
     ("fig7-profiles", "Performance profiles", performance_profiles),
+    ("fig8-tuning", "Tuning curves", tuning_curves),
 )

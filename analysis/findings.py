@@ -6,6 +6,11 @@ the worst :data:`~analysis.tables.TOP_K`, the rest collapsed into one row that n
 text stays the same length at 10 or 1,000 configurations: no finding lists every configuration inline. Claims of
 the paper are stated as "consistent with" or "not what the paper reports", from the numbers of this study only:
 a smoke study with 15 iterations says little, and the text says what it saw.
+
+Methods are compared on :meth:`~analysis.load.StudyResults.comparison` (a tuned study's evaluation stage); the
+tuning stage gets one finding of its own (the budget, the configurations chosen, where each tuning curve found
+its best). The cost claim is stated as measured ratios at equal m (:mod:`analysis.costs`), "comparable" meaning
+within :data:`~analysis.costs.COMPARABLE`×, the parallel case as a projection marked as one.
 """
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from . import costs as C
 from . import tables as T
-from .load import CLASSICAL, FIRST_ORDER, LN2, StudyResults
+from . import tuning as TU
+from .load import CLASSICAL, EVALUATION, FIRST_ORDER, LN2, TUNING, StudyResults
 
 __all__ = ["Finding", "findings", "markdown_table"]
 
@@ -355,12 +362,130 @@ def _eigen(study: StudyResults) -> list[Finding]:
     return out
 
 
-def findings(study: StudyResults) -> list[Finding]:
-    """Every finding the data supports, in report order."""
+def _cost_sentence(r: pd.Series) -> str:
+    """One row of :func:`analysis.costs.cost_ratios` as a sentence: the measured ratios with their numbers, the
+    poster's model, the projection (named as one) and whether the ratio is within the "comparable" bound."""
+    within = f"within {C.COMPARABLE:g}×"
+
+    def verdict(x):
+        return "n/a" if x is None or math.isnan(x) else "yes" if x <= C.COMPARABLE else "no"
+
+    m, poster = r["m"], r["poster's model ratio"]
+    return (f"{r['pair']} at m = {m}, {r['Option']}, measured on {r['device']}: "
+            f"{_g(r['ratio / iteration'])}× the wall time per iteration ({_g(r['ms / iteration, sampled'])} vs "
+            f"{_g(r['ms / iteration, classical'])} ms) and {_g(r['ratio / accepted step'])}× per accepted step "
+            f"({_g(r['ms / accepted step, sampled'])} vs {_g(r['ms / accepted step, classical'])} ms); "
+            f"{_g(r['grad-eq ratio / iteration'])}× the gradient-equivalents per iteration "
+            f"({_g(r['grad-eq / iteration, sampled'])} vs {_g(r['grad-eq / iteration, classical'])}); the poster's "
+            f"model gives {_g(poster)}×; projected, not measured, with the {m} pair products "
+            f"ideally parallel (t_pairs / m): {_g(r['projected ratio / iteration (t_pairs / m)'])}× per iteration. "
+            f"Comparable ({within} per iteration): {verdict(r['ratio / iteration'])} as measured, "
+            f"{verdict(r['projected ratio / iteration (t_pairs / m)'])} as projected")
+
+
+def _cost_claim(study: StudyResults) -> list[Finding]:
+    """"The per-iteration cost of the sampled methods is comparable to that of the classical limited-memory
+    variants", as measured ratios at equal m: a sentence per (problem, pair, Option, m) when there are a few,
+    else one per problem and pair with the range of the ratios (every row in tables/cost_ratios.csv)."""
+    cr = C.cost_ratios(study)
+    if cr.empty:
+        return _no_equal_m(study)
+    if len(cr) <= MAX_LISTED:
+        return [Finding(f"Cost claim, {r['problem']}", _cost_sentence(r) + ".") for _, r in cr.iterrows()]
     out = []
-    for part in (_overview, _per_problem, _claims, _plateau, _invariance, _cost, _anchors, _eigen):
+    for (problem, pair), g in cr.groupby(["problem", "pair"], sort=False):
+        measured = g["ratio / iteration"].dropna()
+        projected = g["projected ratio / iteration (t_pairs / m)"].dropna()
+        text = (f"{pair} over {len(g)} (Option, m) combinations: measured wall-time ratio per iteration from "
+                f"{_g(measured.min())}× to {_g(measured.max())}× (median {_g(measured.median())}×), within "
+                f"{C.COMPARABLE:g}× ('comparable') in {int((measured <= C.COMPARABLE).sum())} of {len(measured)}; "
+                f"gradient-equivalents ratio per iteration median {_g(g['grad-eq ratio / iteration'].median())}×; "
+                f"projected, not measured, with the m pair products ideally parallel: median "
+                f"{_g(projected.median())}× (every row in tables/cost_ratios.csv)")
+        out.append(Finding(f"Cost claim, {problem}", text + "."))
+    return out
+
+
+def _no_equal_m(study: StudyResults) -> list[Finding]:
+    """A pair whose two methods both ran, never at a common m (a tuned study's choices often differ): said, so
+    the missing ratio is not taken for a missing method."""
+    out = []
+    t = study.trials
+    for sampled, classical in C.PAIRS.items():
+        ms = {m: sorted(pd.to_numeric(t.loc[t["method"] == m, "memory"], errors="coerce").dropna().unique())
+              for m in (sampled, classical)} if "memory" in t else {}
+        if ms and ms[sampled] and ms[classical]:
+            shown = {m: ", ".join(f"{v:g}" for v in vals) for m, vals in ms.items()}
+            out.append(Finding("Cost claim", f"{sampled} ran at m = {shown[sampled]} and {classical} at m = "
+                                             f"{shown[classical]} only: no ratio at equal m here "
+                                             "(analysis.costs.cost_ratios of every stage pools a tuned study's "
+                                             "tuning trials)."))
+    return out
+
+
+def _tuning(results: StudyResults) -> list[Finding]:
+    """A tuned study's tuning stage in one finding: the budget every method got, what was chosen on what,
+    where each method's tuning curve found its best, and which trials the comparison uses."""
+    if not results.tuned:
+        return []
+    chosen = TU.chosen_table(results)
+    if chosen.empty:
+        return []
+    metric, mode, _ = TU.selection(results)
+    tuning = results.stage(TUNING).trials
+    budget = (results.tuning or {}).get("trials")
+    budget = int(budget) if budget is not None else int(chosen["configurations tried"].max())
+    apart = (results.tuning or {}).get("separate") or []
+    seeds = int(tuning["seed"].nunique())
+    parts = []
+    for _, r in chosen.dropna(subset=["chosen #"]).iterrows():
+        score = r["score (recorded)"] if pd.notna(r["score (recorded)"]) else r["score (from trials.parquet)"]
+        detail = "; ".join(x for x in (r["options"], f"score {_g(float(score))}") if x)
+        parts.append(f"{r['variant']} #{int(r['chosen #'])} ({detail})")
+    who = f"every method (each value of {', '.join(apart)} apart)" if apart else "every method"
+    text = (f"{who} was given up to {budget} configurations, each on the same {seeds} tuning seed(s) "
+            f"({len(tuning)} tuning trials), chosen on the mean {metric} ({'lower' if mode == 'min' else 'higher'} "
+            f"is better); chosen: {_listed(parts, 'tuning_chosen')}")
+    curve = TU.tuning_curve(results)
+    late = list(dict.fromkeys(str(v) for (v, _), g in curve.groupby(["variant", "problem"], sort=False)
+                              if len(g) > 1 and _improved_last(g, mode)))
+    if late:
+        text += (f"; still improving at the last configuration on some problem: {_listed(late, 'tuning_curve')} "
+                 "(a larger budget might help)")
+    if EVALUATION in results.stages:
+        ev = results.stage(EVALUATION).trials
+        text += (f". Methods are compared on the evaluation stage only: {len(ev)} trials on "
+                 f"{int(ev['seed'].nunique())} fresh seed(s); the tuning trials appear only in figure 8")
+    else:
+        text += ". No evaluation stage yet: the comparisons use the tuning trials"
+    return [Finding("Tuning", text + ".")]
+
+
+#: a tuning curve's last step counts as an improvement beyond this relative change (Option II runs that differ
+#: only in r score the same up to round-off)
+IMPROVED = 1e-6
+
+
+def _improved_last(curve: pd.DataFrame, mode: str) -> bool:
+    """Whether a tuning curve's last configuration improved on the best of the ones before it, by more than
+    round-off (:data:`IMPROVED`, relative)."""
+    best = curve["best so far"].to_numpy(dtype=float)
+    if not np.isfinite(best[-1]):
+        return False
+    gain = (best[-2] - best[-1]) if mode == "min" else (best[-1] - best[-2])
+    return bool(gain > IMPROVED * max(abs(best[-1]), np.finfo(float).tiny)) if np.isfinite(best[-2]) else True
+
+
+def findings(results: StudyResults) -> list[Finding]:
+    """Every finding the data supports, in report order: the methods compared on ``results.comparison()`` (a
+    tuned study's evaluation stage, any other study's every trial), then the tuning stage's own finding."""
+    study = results.comparison()
+    out = []
+    parts = [(part, study) for part in (_overview, _per_problem, _claims, _plateau, _invariance, _cost, _cost_claim,
+                                        _anchors, _eigen)] + [(_tuning, results)]
+    for part, data in parts:
         try:
-            out += part(study)
+            out += part(data)
         except (KeyError, ValueError, IndexError) as e:  # a partial study may lack what one finding needs
             out.append(Finding(part.__name__.strip("_").capitalize(), f"not computed ({type(e).__name__}: {e})."))
     return out

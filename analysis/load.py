@@ -10,6 +10,20 @@ Partial studies load too: a study that is still running (trials with status ``ru
 ``trials.parquet`` is missing (trial summaries are then derived from the iterations) or one with only some
 methods. Every trial gets a ``config`` label: its method plus the options that vary between that method's
 trials in this study (``s-lsr1 [m=5, Option I]``), so that seeds of one configuration share a label.
+
+A *tuned* study (a study file with a ``tuning:`` block, :mod:`sqn_ray.study.tuning`) holds two stages in the same
+files, told apart by the ``stage`` column: ``"tuning"`` (each method's configurations on the tuning seeds,
+``tuning_config`` their number within the method) and ``"evaluation"`` (each method's chosen configuration on
+fresh seeds); a plain study's trials are ``"main"`` (also files written before stages existed). Labels are made
+within a stage: a tuning configuration is ``s-lsr1 [#3, m=8, r=0.01]``, an evaluation trial its method alone
+when, as usual, the method has one configuration there (``s-lsr1 [Option II]`` and so on when options were tuned
+apart, ``tuning.separate``). :meth:`StudyResults.comparison` is the one place that
+decides which trials compare the methods (a tuned study's evaluation stage; any other study: every trial):
+
+    >>> results = load_results("results/tuned-toy")
+    >>> results.stages                      # ['tuning', 'evaluation']
+    >>> study = results.comparison()        # what the report's tables, figures and findings compare
+    >>> results.stage("tuning").trials      # the tuning stage alone (figure 8, analysis.tuning)
 """
 from __future__ import annotations
 
@@ -28,14 +42,21 @@ from sqn_ray.optim.registry import METHODS, method_family, methods_of
 from sqn_ray.records import RECORD_FIELDS
 from sqn_ray.study.results import ACCURACY, record_arrow_schema
 
-__all__ = ["StudyResults", "load_results", "read_metadata", "load_eigen", "problem_size", "config_label", "family",
-           "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE", "TRIALS_FILE",
-           "EIGEN_FILE"]
+__all__ = ["StudyResults", "load_results", "read_metadata", "load_eigen", "problem_size", "config_label",
+           "options_text", "family", "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE",
+           "TRIALS_FILE", "EIGEN_FILE", "STAGES", "MAIN", "TUNING", "EVALUATION"]
 
 ITERATIONS_FILE = "iterations.parquet"
 TRIALS_FILE = "trials.parquet"
 EIGEN_FILE = "eigen.parquet"
 LN2 = math.log(2.0)
+
+#: the stages a trial can belong to (the ``stage`` column), in protocol order: a plain study's, then a tuned
+#: study's two (``sqn_ray.study.spec.STAGES``)
+MAIN, TUNING, EVALUATION = "main", "tuning", "evaluation"
+STAGES = (MAIN, TUNING, EVALUATION)
+#: the columns that place a trial in its stage (absent from files written before stages: filled in on load)
+STAGE_COLUMNS = ("stage", "tuning_config")
 
 #: the registry's methods in the order figures and tables list them (unknown methods follow, sorted), and
 #: their families: all from the method registry, the one place that names methods
@@ -59,6 +80,7 @@ _TRIAL_RESULT_COLUMNS = {
     "iterations", "grad_equivalents", "epochs", "target_accuracy", "iters_to_target", "grad_equivalents_to_target",
     "wall_time_to_target", "wall_time", "trial_time", "node_id", "node_ip", "hostname", "device", "gpu_ids",
     "cuda_visible_devices", "threads", "pid", "started_at", "finished_at", "metric", "metric_value", "rank",
+    "restarts", "resumed_from", *STAGE_COLUMNS,
 }
 _OPTION_SHORT = {"memory": "m", "radius": "r"}
 
@@ -109,8 +131,8 @@ def _fmt_value(v) -> str:
     return str(v)
 
 
-def config_label(method: str, options: dict) -> str:
-    """``method`` or ``method [m=5, r=0.01, Option I]`` from the options that distinguish the config."""
+def options_text(options: dict) -> str:
+    """Options as a label shows them: ``m=5, r=0.01, Option I`` (the paper's axes first, then by name)."""
     parts = []
     for k in sorted(options, key=lambda k: (["memory", "radius", "sampling"] + [k]).index(k)):
         v = options[k]
@@ -118,6 +140,14 @@ def config_label(method: str, options: dict) -> str:
             parts.append({"grad-diff": "Option I", "hvp": "Option II"}.get(v, f"sampling={v}"))
         else:
             parts.append(f"{_OPTION_SHORT.get(k, k)}={_fmt_value(v)}")
+    return ", ".join(parts)
+
+
+def config_label(method: str, options: dict, tuning_config: int | None = None) -> str:
+    """``method`` or ``method [m=5, r=0.01, Option I]`` from the options that distinguish the config; a tuning
+    configuration leads with its number: ``method [#3, m=5]``."""
+    parts = ([f"#{int(tuning_config)}"] if tuning_config is not None else []) + (
+        [options_text(options)] if options else [])
     return f"{method} [{', '.join(parts)}]" if parts else method
 
 
@@ -144,8 +174,9 @@ class StudyResults:
         options: the hyperparameter columns, sorted.
         sources: file name -> the path each table was read from.
 
-    ``name``, ``description``, ``problems``, ``methods``, ``configs`` and ``running`` are derived from these;
-    :meth:`of` restricts the results to some methods or configs.
+    ``name``, ``description``, ``problems``, ``methods``, ``configs``, ``running``, ``stages`` and ``tuning`` are
+    derived from these; :meth:`of` restricts the results to some methods or configs, :meth:`stage` to one stage
+    of a tuned study, and :meth:`comparison` to the trials that compare the methods.
     """
 
     path: Path
@@ -202,8 +233,13 @@ class StudyResults:
 
     @property
     def configs(self) -> list[str]:
-        """Config labels in display order (method order, then option values)."""
+        """Config labels in display order (method order, then stage, configuration number and option values)."""
         t = self.trials.drop_duplicates("config")
+        if "stage" in t and "tuning_config" in t:
+            rank = {s: i for i, s in enumerate(STAGES)}
+            t = t.assign(_stage=t["stage"].map(lambda s: rank.get(s, len(STAGES))),
+                         _number=t["tuning_config"].astype("Float64").fillna(-1.0).astype(float))
+            return list(t.sort_values(["_method_rank", "_stage", "_number", "_option_key"], kind="stable")["config"])
         return list(t.sort_values(["_method_rank", "_option_key"])["config"])
 
     @property
@@ -217,6 +253,48 @@ class StudyResults:
         return StudyResults(self.path, self.iterations[self.iterations[column].isin(values)],
                      self.trials[self.trials[column].isin(values)], self.eigen, self.metadata, self.options,
                      self.sources)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages the trials belong to, in :data:`STAGES` order: ``["main"]`` for a plain study,
+        ``["tuning", "evaluation"]`` for a tuned one (``["tuning"]`` while its tuning stage runs)."""
+        present = set(self.trials["stage"].dropna()) if "stage" in self.trials else set()
+        present = present or {MAIN}
+        return [s for s in STAGES if s in present] + sorted(present - set(STAGES))
+
+    @property
+    def tuned(self) -> bool:
+        """Whether the results hold a tuning stage."""
+        return TUNING in self.stages
+
+    @property
+    def tuning(self) -> dict | None:
+        """A tuned study's ``sqn_ray.tuning`` metadata (decoded): ``trials`` (B configurations per method),
+        ``seeds`` (the tuning seeds), ``metric`` and ``mode`` (what the choice was made on),
+        ``configurations`` (method -> the options of each configuration, in number order), ``chosen`` (method,
+        or variant ``s-lsr1/sampling=hvp`` when options are tuned apart, -> ``{"tuning_config", "options",
+        "score"}``) and, if any, ``separate`` (the options tuned apart); None for a plain study."""
+        value = self.metadata.get("sqn_ray.tuning")
+        return value if isinstance(value, dict) else None
+
+    def stage(self, name: str) -> "StudyResults":
+        """The trials of one stage (``"tuning"``, ``"evaluation"`` or ``"main"``), as a view like :meth:`of`.
+
+        Raises:
+            ValueError: for a name not in :data:`STAGES` (a known stage the results lack gives an empty view).
+        """
+        if name not in STAGES:
+            raise ValueError(f"stage={name!r} is not one of {STAGES}; these results hold {self.stages}")
+        if "stage" not in self.trials:  # results built by hand, without the column: every trial is "main"
+            return self if name == MAIN else self.of([], column="trial_id")
+        return self.of(name, column="stage")
+
+    def comparison(self) -> "StudyResults":
+        """The trials that compare the methods: a tuned study's evaluation stage (each method's chosen
+        configuration on fresh seeds) when it has one, else every trial (a plain study; a tuned study whose
+        evaluation has not started). The one place this is decided: the report's tables, figures, findings
+        and profiles are computed from it, the tuning stage only for figure 8 (:mod:`analysis.tuning`)."""
+        return self.stage(EVALUATION) if EVALUATION in self.stages else self
 
 
 def _option_columns(trials: pd.DataFrame, iterations: pd.DataFrame) -> list[str]:
@@ -247,8 +325,8 @@ def _derive_trials(iterations: pd.DataFrame, options: list[str], problems: dict 
         target = ((problems or {}).get(str(first["problem"])) or {}).get("target_accuracy")
         hit = t[acc >= target] if target is not None else t.iloc[:0]
         loss = t["loss"].replace([np.inf, -np.inf], np.nan)
-        row = {k: first.get(k) for k in ("study", "cell", "variant", "problem", "method", "seed", *options)
-               if k in t}
+        row = {k: first.get(k) for k in ("study", "cell", "variant", "problem", "method", "seed", *STAGE_COLUMNS,
+                                          *options) if k in t}
         row.update(trial_id=tid, status="solved" if len(hit) else "unknown",
                    final_loss=t["loss"].iloc[-1], best_loss=loss.min(),
                    final_accuracy=acc.dropna().iloc[-1] if acc.notna().any() else np.nan,
@@ -262,16 +340,29 @@ def _derive_trials(iterations: pd.DataFrame, options: list[str], problems: dict 
     return pd.DataFrame(rows)
 
 
+def _stage_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``stage`` (``"main"`` where the file has none) and ``tuning_config`` (nullable Int64)."""
+    df = df.copy()
+    df["stage"] = (df["stage"].fillna(MAIN) if "stage" in df else pd.Series(MAIN, index=df.index)).astype(str)
+    number = pd.to_numeric(df["tuning_config"], errors="coerce") if "tuning_config" in df else np.nan
+    df["tuning_config"] = pd.Series(number, index=df.index, dtype="Float64").astype("Int64")
+    return df
+
+
 def _label_configs(trials: pd.DataFrame, options: list[str]) -> pd.DataFrame:
+    """``config`` labels, made within each stage: the method plus the options that vary among its trials of
+    that stage (a tuning configuration also its number), so an evaluation trial reads as its method alone."""
     trials = trials.copy()
     labels, keys = {}, {}
-    for method, t in trials.groupby("method", sort=False):
+    for (stage, method), t in trials.groupby(["stage", "method"], sort=False):
         varying = [o for o in options
                    if o in t and t[o].map(lambda v: "∅" if _is_missing(v) else repr(v)).nunique() > 1]
         for idx, row in t.iterrows():
             opts = {o: row[o] for o in varying if not _is_missing(row[o])}
-            labels[idx] = config_label(str(method), opts)
-            keys[idx] = tuple((0, float(v)) if isinstance(v, (int, float)) else (1, str(v)) for v in opts.values())
+            number = row["tuning_config"] if stage == TUNING and not _is_missing(row["tuning_config"]) else None
+            labels[idx] = config_label(str(method), opts, number)
+            keys[idx] = ((() if number is None else ((0, float(number)),))
+                         + tuple((0, float(v)) if isinstance(v, (int, float)) else (1, str(v)) for v in opts.values()))
     trials["config"] = pd.Series(labels, dtype=object)
     trials["_option_key"] = pd.Series(keys, dtype=object).map(repr)
     trials["_method_rank"] = trials["method"].map(lambda m: _method_rank(str(m)))
@@ -361,11 +452,14 @@ def load_results(path: str | Path, *, eigen: str | Path | None = None) -> StudyR
               "wall_time_to_target", "seed"):
         if c not in trials:
             trials[c] = np.nan
-    trials = _label_configs(trials.reset_index(drop=True), options)
+    trials = _label_configs(_stage_columns(trials.reset_index(drop=True)), options)
     trials["solved"] = trials["iters_to_target"].notna() | (trials["status"] == "solved")
 
     iterations = iterations.drop(columns=[c for c in ("config", "family") if c in iterations])
     iterations = iterations.merge(trials[["trial_id", "config", "family"]], on="trial_id", how="left")
+    by_trial = trials.set_index("trial_id")
+    for c in STAGE_COLUMNS:  # the trials are the authority on a trial's stage (a file without one: "main")
+        iterations[c] = iterations["trial_id"].map(by_trial[c])
     iterations = iterations.sort_values(["trial_id", "iteration"], kind="stable").reset_index(drop=True)
     # accuracy is evaluated every `accuracy_every` iterations: carry the last value forward within a trial
     iterations["accuracy_filled"] = iterations.groupby("trial_id")["accuracy"].ffill()

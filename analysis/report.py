@@ -1,12 +1,13 @@
 """``sqn-ray report DIR``: a self-contained HTML report of a study, from its Parquet only.
 
-:func:`build_report` loads ``DIR`` (:func:`analysis.load.load_results`), draws the six figures
-(:mod:`analysis.figures`), computes the tables (:mod:`analysis.tables`) and the findings
-(:mod:`analysis.findings`), and writes into ``OUT`` (default ``DIR/report``):
+:func:`build_report` loads ``DIR`` (:func:`analysis.load.load_results`), draws the figures
+(:mod:`analysis.figures`), computes the tables (:mod:`analysis.tables`, :mod:`analysis.costs`,
+:mod:`analysis.tuning`) and the findings (:mod:`analysis.findings`), and writes into ``OUT`` (default
+``DIR/report``):
 
 * ``report.html``: one file, figures embedded as PNG (base64), tables as HTML, no external resource, so it
   opens offline and can be mailed around;
-* ``fig1-convergence.png`` / ``.svg`` ... ``fig6-anchors``: the figures beside it;
+* ``fig1-convergence.png`` / ``.svg`` ... ``fig8-tuning``: the figures beside it;
 * ``tables/*.csv``: every table;
 * ``findings.md``: the findings as Markdown (each problem's headline and its ranked table).
 
@@ -14,6 +15,11 @@ The page reads the same at 10 or 1,000 configurations: the findings give each pr
 a ranked table of its best and worst :data:`~analysis.tables.TOP_K` configurations (the rest collapsed into one
 row naming the CSV), and a table longer than :data:`INLINE_ROWS` rows is folded (``<details>``). A figure that
 would show nothing worth drawing (a sensitivity "grid" of one cell) is skipped with a one-line reason.
+
+Methods are compared on :meth:`~analysis.load.StudyResults.comparison` only: a tuned study's evaluation stage
+(each method's chosen configuration on fresh seeds), any other study's every trial. A tuned study's tuning stage
+appears in figure 8 (tuning curves), the table of the configurations chosen, one finding and the list of every
+trial; in nothing that ranks the methods. A plain study's figure 8 is skipped with its one-line reason.
 
 A partial study (running, interrupted, some methods only, no eigen.parquet) still gives a full report: a figure
 without data says so. A figure or table that fails is reported in the page and in ``Report.errors`` instead of
@@ -30,8 +36,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import costs as C
 from . import figures as F
 from . import tables as T
+from . import tuning as TU
 from .findings import collapsed_row
 from .findings import findings as compute_findings
 from .load import StudyResults, load_results
@@ -77,6 +85,16 @@ CAPTIONS = {
         "Our LBFGS and BFGS beside the external anchors (torch.optim.LBFGS with strong Wolfe, scipy L-BFGS-B, "
         "scipy BFGS) from the same initial points: median across seeds and 25–75 % band. The table below pairs "
         "each anchor with our twin seed by seed."),
+    "fig8-tuning": (
+        "Tuning stage of a tuned study: every method is given the same budget of B configurations (drawn from its "
+        "search space, numbered in the order drawn; a grid of fewer cells: all of them), each run on the same "
+        "tuning seeds, never the evaluation seeds. Per problem and method, the line is the best selection score "
+        "among the first k configurations "
+        "(a configuration's score: the mean over the tuning seeds of its trials' selection metric, as recorded "
+        "in the results' sqn_ray.tuning metadata, by default the best loss; a diverged or failed trial scores "
+        "the worst value); dots, each configuration's own score; ring, the configuration chosen (best mean rank "
+        "over the problems) and rerun on the evaluation seeds, on which alone every other figure and table "
+        "compares the methods. A curve still falling at k = B says the method might gain from a larger budget."),
 }
 
 CSS = """
@@ -104,6 +122,7 @@ class Report:
 
     path: Path
     out_dir: Path
+    #: what the methods are compared on: ``results.comparison()`` (a tuned study's evaluation stage)
     study: StudyResults
     figures: dict[str, list[Path]] = field(default_factory=dict)
     no_data: dict[str, str] = field(default_factory=dict)
@@ -112,6 +131,12 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     findings: list = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    #: every stage as loaded (None: the same as ``study``)
+    results: StudyResults | None = None
+
+    def __post_init__(self):
+        if self.results is None:
+            self.results = self.study
 
 
 _fmt = T.fmt_cell  # the report's number format (kept under its old name)
@@ -177,7 +202,9 @@ def findings_markdown(study: StudyResults, found) -> str:
     return f"# Findings: {study.name}\n\n" + "\n\n".join(f.markdown() for f in found) + "\n"
 
 
-def _figure_tables(study: StudyResults) -> dict[str, list[tuple[str, callable]]]:
+def _figure_tables(study: StudyResults, results: StudyResults) -> dict[str, list[tuple[str, callable]]]:
+    """The tables under each figure: of ``study`` (what the methods are compared on), the tuning ones of
+    ``results`` (every stage)."""
     robust_cols = ["problem", "config", "trials", "solved", "solved %", "median iterations to target",
                    "median grad-eq to target", "median wall s to target"]
     return {
@@ -193,12 +220,17 @@ def _figure_tables(study: StudyResults) -> dict[str, list[tuple[str, callable]]]
         "fig4-cost": [
             ("cost_measured", lambda: T.cost_table(study)),
             ("cost_poster", lambda: T.theory_table(study)),
+            ("cost_ratios", lambda: C.cost_ratios(study)),
         ],
         "fig5-eigen": [("eigen", lambda: T.eigen_table(study.eigen))],
         "fig6-anchors": [
             ("anchors", lambda: T.anchor_table(study)),
             ("anchor_pairs", lambda: T.anchor_pairs(study)),
         ],
+        "fig8-tuning": [
+            ("tuning_chosen", lambda: TU.chosen_table(results)),
+            ("tuning_curve", lambda: TU.tuning_curve(results)),
+        ] if results.tuned else [],
     }
 
 
@@ -211,9 +243,26 @@ TABLE_TITLES = {
     "cost_poster": "The poster's cost and storage table at this problem's n, d, m and the measured κ",
     "eigen": "Extreme eigenvalues per point and matrix", "anchors": "Our LBFGS / BFGS and the external anchors",
     "anchor_pairs": "Anchor vs our twin, same seeds",
+    "cost_ratios": "The cost claim at equal m: sampled / classical (S-LSR1 / LSR1, S-LBFGS / LBFGS), measured per "
+                   "iteration and per accepted step, beside the poster's model and a projection (not a "
+                   "measurement) with the m pair products ideally parallel",
+    "tuning_chosen": "The configuration chosen per method in the tuning stage, and the budget it was chosen with",
+    "tuning_curve": "Tuning curves: each configuration's selection score and the best among the first k",
     "ranking": "Every configuration ranked per problem: most seeds at the target, then fewest gradient-equivalents "
                "to it, then lowest final loss",
 }
+
+
+def _stages_text(results: StudyResults) -> str:
+    """What the trials are and which of them compare the methods (the page's "stages" line)."""
+    stages = results.stages
+    if stages == ["main"]:
+        return "one (a plain study): methods compared on every trial"
+    counts = results.trials["stage"].value_counts()
+    text = ", ".join(f"{s} ({int(counts.get(s, 0))} trials)" for s in stages)
+    if "evaluation" in stages:
+        return f"{text}; methods compared on the evaluation stage only"
+    return f"{text}; no evaluation stage yet: methods compared on every trial"
 
 
 def _meta_html(study: StudyResults) -> str:
@@ -226,6 +275,7 @@ def _meta_html(study: StudyResults) -> str:
             ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or "–"),
             ("budget", ", ".join(f"{k} {v}" for k, v in (spec.get("budget") or {}).items() if v is not None) or "–"),
             ("stop rule", ", ".join(f"{k} {v}" for k, v in (spec.get("stop") or {}).items()) or "–"),
+            ("stages", _stages_text(study)),
             ("generated", _dt.datetime.now().isoformat(timespec="seconds"))]
     return "<p class='meta'>" + "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in rows) + "</p>"
 
@@ -242,12 +292,13 @@ class _Drawn:
     error: str | None = None
 
 
-def _draw(study: StudyResults, stem: str, out: Path, formats, dpi: int) -> _Drawn:
-    """Draw figure ``stem`` of ``study`` and write its files into ``out`` (the layout is computed once, for the
-    PNG; the SVG reuses it). A failure is returned, not raised: one figure must not cost the others."""
+def _draw(results: StudyResults, stem: str, out: Path, formats, dpi: int) -> _Drawn:
+    """Draw figure ``stem`` and write its files into ``out`` (the layout is computed once, for the PNG; the SVG
+    reuses it): of ``results.comparison()``, or of every stage for the figures of :data:`~analysis.figures.ALL_STAGES`.
+    A failure is returned, not raised: one figure must not cost the others."""
     fn = {s: f for s, _, f in F.FIGURES}[stem]
     try:
-        fig = fn(study)
+        fig = fn(results if stem in F.ALL_STAGES else results.comparison())
         if getattr(fig, "skipped", None):
             return _Drawn(stem, skipped=fig.skipped)
         png = F.to_png(fig, dpi=dpi)
@@ -289,13 +340,14 @@ def _figure_html(rep: Report, title: str, drawn: _Drawn) -> str:
 
 def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"), dpi: int = 110) -> Report:
     """Write the report of the study in ``study_dir`` (see the module docstring); returns a :class:`Report`."""
-    study = load_results(study_dir, eigen=eigen)
+    results = load_results(study_dir, eigen=eigen)
+    study = results.comparison()  # what every table, figure and finding that compares methods is computed from
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
-    rep = Report(path=out / "report.html", out_dir=out, study=study)
+    rep = Report(path=out / "report.html", out_dir=out, study=study, results=results)
     with T.cached():  # the page, the findings and the figures share the tables
-        parts = _page(rep, lambda stem: _draw(study, stem, out, formats, dpi))
+        parts = _page(rep, lambda stem: _draw(results, stem, out, formats, dpi))
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>sqn-ray report: "
             f"{html.escape(study.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
     tmp = rep.path.with_name(f".{rep.path.name}.tmp")
@@ -307,7 +359,7 @@ def build_report(study_dir, out_dir=None, *, eigen=None, formats=("png", "svg"),
 def _page(rep: Report, drawn) -> list[str]:
     """The parts of the page, in order: computes the findings and tables (into ``rep``), writes their files and
     draws the figures (``drawn(stem)``)."""
-    study, out = rep.study, rep.out_dir
+    study, results, out = rep.study, rep.results, rep.out_dir
 
     def table(name, fn, fold=True):
         try:
@@ -324,22 +376,22 @@ def _page(rep: Report, drawn) -> list[str]:
                     f"{render_table(df)}</details>")
         return head + render_table(df)
 
-    rep.findings = compute_findings(study)
-    parts = [f"<h1>sqn-ray report: {html.escape(study.name)}</h1>", _meta_html(study)]
+    rep.findings = compute_findings(results)  # compares methods on results.comparison(), i.e. on `study`
+    parts = [f"<h1>sqn-ray report: {html.escape(study.name)}</h1>", _meta_html(results)]
     parts.append("<h2>Findings</h2>" + _findings_html(rep.findings))
     (out / "findings.md").write_text(findings_markdown(study, rep.findings), encoding="utf-8")
     parts.append("<h2>Summary</h2>" + table("summary", lambda: T.summary_table(study))
                  + table("ranking", lambda: T.ranking_table(study)))
-    figure_tables = _figure_tables(study)
+    figure_tables = _figure_tables(study, results)
     for i, (stem, title, _) in enumerate(F.FIGURES, 1):
         parts.append(f'<h2 id="{stem}">Figure {i}. {html.escape(title)}</h2>')
         parts.append(_figure_html(rep, title, drawn(stem)))
         for name, fn_t in figure_tables.get(stem, []):
             parts.append(table(name, fn_t))
-    parts.append("<h2>Trials</h2><details><summary>every trial (trials.parquet)</summary>"
+    parts.append("<h2>Trials</h2><details><summary>every trial (trials.parquet, every stage)</summary>"
                  + table("trials",
-                         lambda: study.trials[[c for c in study.trials.columns
-                                               if not c.startswith("_") and c not in ("cell", "variant", "error")]],
+                         lambda: results.trials[[c for c in results.trials.columns
+                                                 if not c.startswith("_") and c not in ("cell", "variant", "error")]],
                          fold=False)
                  + "</details>")
     yaml_text = study.metadata.get("sqn_ray.study_yaml")

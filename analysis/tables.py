@@ -309,16 +309,21 @@ def radius_invariance(study: StudyResults) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ cost
 def iteration_costs(study: StudyResults) -> pd.DataFrame:
     """One row per iteration ≥ 1: its wall time split by phase (seconds) and its gradient-equivalents split
-    by kind of oracle call, plus κ (line-search evaluations or CG iterations, ``inner_iters``)."""
+    by kind of oracle call, plus κ (line-search evaluations or CG iterations, ``inner_iters``) and whether its
+    step was taken (``accepted``; NaN where the file does not record it)."""
     it = study.iterations
     if it.empty:
-        return pd.DataFrame(columns=["trial_id", "problem", "config", "method", "dt", *PHASES, "dge", *KINDS, "kappa"])
+        return pd.DataFrame(columns=["trial_id", "problem", "config", "method", "dt", *PHASES, "dge", *KINDS, "kappa",
+                                     "accepted"])
     it = it.sort_values(["trial_id", "iteration"])
     g = it.groupby("trial_id")
+    accepted = (it["accepted"].astype("boolean").astype("Float64").astype(float) if "accepted" in it
+                else pd.Series(np.nan, index=it.index))
     df = pd.DataFrame({"trial_id": it["trial_id"], "problem": it["problem"], "config": it["config"],
                        "method": it["method"], "iteration": it["iteration"],
                        "dt": g["wall_time"].diff(), "dge": g["grad_equivalents"].diff(),
-                       "ge_grad": g["n_grad"].diff(), "ge_hvp": g["n_hvp"].diff(), "kappa": it["inner_iters"]})
+                       "ge_grad": g["n_grad"].diff(), "ge_hvp": g["n_hvp"].diff(), "kappa": it["inner_iters"],
+                       "accepted": accepted})
     for c in ("t_grad", "t_pairs", "t_model", "t_search"):
         df[c] = pd.to_numeric(it[c], errors="coerce").fillna(0.0)
     df["t_other"] = (df["dt"] - df[["t_grad", "t_pairs", "t_model", "t_search"]].sum(axis=1)).clip(lower=0.0)

@@ -45,3 +45,19 @@ def copy_study():
                 shutil.copy2(src / name, dst / name)
         return dst
     return copy
+
+
+@pytest.fixture(scope="session")
+def tuned_dir(tmp_path_factory) -> Path:
+    """The synthetic tuned study of :func:`tuned_study.write_tuned_study`."""
+    from tuned_study import write_tuned_study
+
+    return write_tuned_study(tmp_path_factory.mktemp("tuned") / "study")
+
+
+@pytest.fixture(scope="session")
+def tuned_report(tuned_dir, tmp_path_factory):
+    """The report of the synthetic tuned study (PNG figures only)."""
+    from analysis.report import build_report
+
+    return build_report(tuned_dir, tmp_path_factory.mktemp("tuned-report"), formats=("png",))

@@ -18,16 +18,19 @@ from sqn_ray.cli import main
 pytestmark = pytest.mark.slow
 
 TABLES = ("summary", "robustness", "plateau", "sensitivity", "radius_invariance", "cost_measured", "cost_poster",
-          "eigen", "anchors", "anchor_pairs", "trials")
+          "cost_ratios", "eigen", "anchors", "anchor_pairs", "trials")
 
 
 def test_every_figure_and_table_is_in_the_report_and_beside_it(report):
     assert report.errors == {}
     assert report.no_data == {}, "the test study has data for every figure"
+    assert set(report.skipped) == {"fig8-tuning"}, "a plain study has no tuning stage"
     page = report.path.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) == 7
+    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 1 == 7
     for stem, _, _ in F.FIGURES:
         assert f'id="{stem}"' in page
+        if stem in report.skipped:
+            continue
         png, svg = report.out_dir / f"{stem}.png", report.out_dir / f"{stem}.svg"
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 20_000
         assert b"<svg" in svg.read_bytes()[:2000]
@@ -123,7 +126,7 @@ def test_partial_study_without_trials_file_or_eigen_still_reports(study_dir, tmp
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert page.count("No data for this figure") == 2  # no eigen.parquet, no anchors in the study
     assert "fig5-eigen: no data" in out and "fig6-anchors: no data" in out
-    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 1  # fig3: a single m × r cell
+    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 2  # fig3: a single m × r cell; fig8
     study = load_results(d)
     assert set(study.methods) == {"s-lsr1", "lbfgs"} and len(study.trials) == keep.trial_id.nunique()
 
