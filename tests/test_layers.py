@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "core": ("sqn_ray.objective", "sqn_ray.options", "sqn_ray.curvature", "sqn_ray.linalg", "sqn_ray.optim",
-             "sqn_ray.spectral", "sqn_ray.io", "sqn_ray.records", "sqn_ray.stopping"),
+             "sqn_ray.spectral", "sqn_ray.io", "sqn_ray.records", "sqn_ray.stopping", "sqn_ray.theory"),
     "problems": ("sqn_ray.problems", "sqn_ray.data"),
     "platform": ("sqn_ray.study", "sqn_ray.distributed", "sqn_ray.scaling", "sqn_ray.ray_session"),
     "cli": ("sqn_ray.cli",),

@@ -44,6 +44,8 @@ from .globalization import TrustRegionRule, accept_trial, armijo_backtracking, e
 Emit = Callable[[torch.Tensor, float, torch.Tensor, dict], "tuple[str, str] | None"]
 #: what a line-search method does after a failed search (see :class:`LineSearchMethod`)
 ON_FAILURE = ("restart", "retry")
+#: how a line-search method sets its step length: Armijo backtracking or a constant α (see LineSearchMethod)
+STEP_RULES = ("armijo", "fixed")
 STATE_FORMAT = 1  # version of export_state's dict
 
 
@@ -225,7 +227,7 @@ class _PairMethod(StepMethod):
 
 @dataclass
 class LineSearchMethod(_PairMethod):
-    """Quasi-Newton direction p = −H∇F plus Armijo backtracking (Algorithm 2 for sampled pairs).
+    """Quasi-Newton direction p = −H∇F plus Armijo backtracking (Algorithm 2 for sampled pairs) or a fixed step.
 
     Trial step: 2 × the last accepted α (reference, ``trial_step="double-last"``) or 1 (``"unit"``, the usual
     quasi-Newton choice); the first trial, and the first iteration when ``gradient_first_step``, use
@@ -235,6 +237,13 @@ class LineSearchMethod(_PairMethod):
     pairs and model, so the next iteration steps along −∇F, and stops the run if that search failed too (the
     classical methods); ``"retry"`` stays at w and tries again with what the next iteration brings (the
     sampled methods draw fresh pairs).
+
+    ``step_rule="fixed"`` replaces the search by the constant step of the paper's analysis (Theorem 4):
+    w ← w + ``lr``·p, p = −H_k∇F(w), every iteration, the first one included (there, with
+    ``gradient_first_step``, H_0 = I: w_1 = w_0 − lr·∇F(w_0), not the search's α0 = min(1, 1/‖∇F‖₁)). It costs
+    one loss-and-gradient evaluation at the new point plus the pairs', never rejects a step (``c1``,
+    ``trial_step``, ``min_step`` and ``on_failure`` do not apply) and leaves a non-finite loss to the caller
+    (``minimize`` ends such a run as ``"diverged"``, as for gradient descent).
     """
 
     model: DirectionModel
@@ -243,28 +252,21 @@ class LineSearchMethod(_PairMethod):
     trial_step: str = "double-last"
     gradient_first_step: bool = True
     on_failure: str = "restart"
+    step_rule: str = "armijo"
+    lr: float = 1.0  # α of step_rule="fixed"
 
     def __post_init__(self):
         if self.on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure={self.on_failure!r} is not one of {ON_FAILURE}")
+        if self.step_rule not in STEP_RULES:
+            raise ValueError(f"step_rule={self.step_rule!r} is not one of {STEP_RULES}")
 
     def step(self, objective, state):
         w, f, g, memo = state.w, state.f, state.g, state.memo
         first = state.step_size is None
-        t0 = _clock()
-        if first and self.gradient_first_step:
-            S = Y = w.new_zeros(w.numel(), 0)
-        else:
-            S, Y = self.source.pairs(objective, w, g, memo["source"])
-        t1 = _clock()
-        if first and self.gradient_first_step:
-            p, stats = -g, {"pairs_kept": 0, "identity_fallback": False}
-        else:
-            p, stats = self.model.direction(g, S, Y, memo["model"])
-        t_pairs, t_model = t1 - t0, _clock() - t1
-        slope = float(g @ p)
-        if not slope < 0:  # not a descent direction (only through round-off): fall back to −∇F
-            p, slope, stats = -g, -float(g @ g), {**stats, "identity_fallback": True}
+        p, slope, S, stats, t_pairs, t_model = self._direction(objective, state)
+        if self.step_rule == "fixed":
+            return self._fixed_step(objective, state, p, S, stats, t_pairs, t_model)
         if first:
             initial = min(1.0, 1.0 / float(g.abs().sum()))
         else:
@@ -291,6 +293,33 @@ class LineSearchMethod(_PairMethod):
         fields.update(step_size=ls.step_size, step_norm=float(s.norm()), t_grad=t_grad)
         return Step(State(w=w_new, f=float(f_new), g=g_new, iteration=state.iteration + 1,
                           step_size=ls.step_size, memo=memo, rng=state.rng), fields)
+
+    def _direction(self, objective, state):
+        """(p, ∇Fᵀp, S, stats, t_pairs, t_model) at ``state``: p = −∇F on a gradient first step (H_0 = I, no
+        sampling), else p = −H∇F from the pairs; −∇F where round-off made that no descent direction."""
+        w, g = state.w, state.g
+        if state.step_size is None and self.gradient_first_step:
+            p, S, stats, t_pairs, t_model = -g, w.new_zeros(w.numel(), 0), {"pairs_kept": 0,
+                                                                              "identity_fallback": False}, 0.0, 0.0
+        else:
+            (S, Y), t_pairs = _timed(self.source.pairs, objective, w, g, state.memo["source"])
+            (p, stats), t_model = _timed(self.model.direction, g, S, Y, state.memo["model"])
+        slope = float(g @ p)
+        if not slope < 0:  # not a descent direction (only through round-off): fall back to −∇F
+            p, slope, stats = -g, -float(g @ g), {**stats, "identity_fallback": True}
+        return p, slope, S, stats, t_pairs, t_model
+
+    def _fixed_step(self, objective, state, p, S, stats, t_pairs, t_model):
+        """w ← w + lr·p: one loss-and-gradient evaluation at the new point, no search, always taken."""
+        w_new = state.w + self.lr * p
+        (f_new, g_new), t_grad = _timed(objective.value_and_grad, w_new)
+        s, y = w_new - state.w, g_new - state.g
+        memo = self._observe(state.memo, s, y)
+        fields = _nan_fields(accepted=True, s_norm=_mean_column_norm(S) if self.source.sampled else float(s.norm()),
+                             step_size=self.lr, step_norm=float(s.norm()), t_pairs=t_pairs, t_model=t_model,
+                             t_grad=t_grad, **stats)
+        return Step(State(w=w_new, f=float(f_new), g=g_new, iteration=state.iteration + 1, step_size=self.lr,
+                          memo=memo, rng=state.rng), fields)
 
 
 @dataclass

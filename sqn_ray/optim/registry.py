@@ -27,7 +27,7 @@ from ..options import seed_or_none as _seed
 from ..options import unit_interval as _unit_interval
 from ..spectral import bfgs_family_matrix, compact_sr1_matrix, dense_sr1_matrix
 from .globalization import TrustRegionRule
-from .methods import Adam, GradientDescent, LineSearchMethod, NewtonTrustRegion, TrustRegionMethod
+from .methods import STEP_RULES, Adam, GradientDescent, LineSearchMethod, NewtonTrustRegion, TrustRegionMethod
 
 TR_SOLVERS = ("cg-steihaug", "exact")
 FIRST_STEPS = ("gradient", "sampled")
@@ -55,7 +55,10 @@ FILTER = {"epsilon": OptionSpec(1e-8, _positive_float, "ε of the pair filters (
 TRIAL_STEPS = ("double-last", "unit")
 ARMIJO = {"c1": OptionSpec(1e-4, _unit_interval, "Armijo sufficient-decrease constant"),
           "trial_step": OptionSpec("double-last", _choice(*TRIAL_STEPS),
-                                   "first trial α of each search: 2 × last accepted α (reference) or 1")}
+                                   "first trial α of each search: 2 × last accepted α (reference) or 1"),
+          "step_rule": OptionSpec("armijo", _choice(*STEP_RULES),
+                                  "'armijo': backtracking search; 'fixed': w ← w + lr·p, no search (Theorem 4)"),
+          "lr": OptionSpec(1.0, _positive_float, "α of step_rule='fixed' (unused by 'armijo')")}
 TRUST = {
     "tr_solver": OptionSpec("cg-steihaug", _choice(*TR_SOLVERS), "trust-region subproblem solver"),
     "initial_trust_radius": OptionSpec(1.0, _positive_float, "Δ0"),
@@ -127,6 +130,11 @@ def _tr(source, model, o):
                              initial_radius=o["initial_trust_radius"], rule=TrustRegionRule(eta1=o["eta1"]))
 
 
+def _line_search(source, model, o, **kwargs):
+    return LineSearchMethod(source=source, model=model, c1=o["c1"], trial_step=o["trial_step"],
+                            step_rule=o["step_rule"], lr=o["lr"], **kwargs)
+
+
 def _external(name):
     def build(o, objective):
         from . import external  # scipy / torch.optim anchors, imported only when used
@@ -145,10 +153,8 @@ _SPECS = [
                 "first_step": OptionSpec("gradient", _choice(*FIRST_STEPS),
                                          "first iteration: gradient step (reference) or sampled QN step"),
                 **SEED},
-               lambda o, obj: LineSearchMethod(source=_sampled_source(o), model=LBFGSInverse(eps=o["epsilon"]),
-                                               c1=o["c1"], trial_step=o["trial_step"],
-                                               gradient_first_step=o["first_step"] == "gradient",
-                                               on_failure="retry"),
+               lambda o, obj: _line_search(_sampled_source(o), LBFGSInverse(eps=o["epsilon"]), o,
+                                           gradient_first_step=o["first_step"] == "gradient", on_failure="retry"),
                family="sampled QN", model_matrix=partial(bfgs_family_matrix, scale_from="last")),
     MethodSpec("lsr1", "limited-memory SR1 from the path, B0 = γI, trust region",
                {**MEMORY, **FILTER, **TRUST, "b0": OptionSpec("gamma", _choice(*B0_CHOICES), "B0 = 0 or γI"), **SEED},
@@ -156,9 +162,8 @@ _SPECS = [
                family="classical QN", model_matrix=partial(compact_sr1_matrix, b0="gamma")),
     MethodSpec("lbfgs", "limited-memory BFGS from the path, Armijo line search",
                {**MEMORY, **FILTER, **ARMIJO, **SEED},
-               lambda o, obj: LineSearchMethod(source=PathPairs(memory=o["memory"]),
-                                               model=LBFGSInverse(eps=o["epsilon"]),
-                                               c1=o["c1"], trial_step=o["trial_step"], on_failure="restart"),
+               lambda o, obj: _line_search(PathPairs(memory=o["memory"]), LBFGSInverse(eps=o["epsilon"]), o,
+                                           on_failure="restart"),
                family="classical QN", model_matrix=partial(bfgs_family_matrix, scale_from="last")),
     MethodSpec("sr1", "dense SR1 from the path, B0 = I, trust region",
                {**FILTER, **TRUST, **SEED},
@@ -166,8 +171,8 @@ _SPECS = [
                family="classical QN", model_matrix=dense_sr1_matrix),
     MethodSpec("bfgs", "dense BFGS from the path, Armijo line search",
                {**FILTER, **ARMIJO, **SEED},
-               lambda o, obj: LineSearchMethod(source=PathPairs(memory=0), model=DenseBFGSInverse(eps=o["epsilon"]),
-                                               c1=o["c1"], trial_step=o["trial_step"], on_failure="restart"),
+               lambda o, obj: _line_search(PathPairs(memory=0), DenseBFGSInverse(eps=o["epsilon"]), o,
+                                           on_failure="restart"),
                # dense BFGS scales H0 once, from its first accepted pair; L-BFGS rescales from the newest
                family="classical QN", model_matrix=partial(bfgs_family_matrix, scale_from="first")),
     MethodSpec("newton-tr", "Newton on the exact Hessian (Hessian-vector products), trust region",

@@ -104,3 +104,22 @@ def test_scaling_file_errors_carry_the_field_path(tmp_path):
     with pytest.raises(ScalingSpecError, match="not valid YAML") as err:
         load_scaling_spec(path)
     assert err.value.option is None
+
+
+@pytest.mark.parametrize("method", ["s-lbfgs", "lbfgs", "bfgs"])
+@pytest.mark.parametrize("bad", [0, -0.5, float("inf"), float("nan"), "0.1", True, None])
+def test_the_fixed_step_lr_is_a_positive_finite_number(method, bad):
+    with pytest.raises(OptionError) as err:
+        sqn_ray.validate_options(method, step_rule="fixed", lr=bad)
+    e = err.value
+    assert e.option == "lr" and (e.value is bad or e.value != e.value) and e.allowed == "a finite number > 0"
+    assert str(e) == f"lr must be a finite number > 0, got {bad!r}"
+
+
+@pytest.mark.parametrize("method", ["s-lbfgs", "lbfgs", "bfgs"])
+def test_the_step_rule_is_armijo_or_fixed(method):
+    assert sqn_ray.method_options(method)["step_rule"] == "armijo"
+    assert sqn_ray.validate_options(method, step_rule="fixed", lr=2)["lr"] == 2.0
+    with pytest.raises(OptionError) as err:
+        sqn_ray.validate_options(method, step_rule="wolfe")
+    assert (err.value.option, err.value.value, err.value.allowed) == ("step_rule", "wolfe", ("armijo", "fixed"))
