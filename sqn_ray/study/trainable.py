@@ -396,7 +396,10 @@ class StudyTrainable(tune.Trainable):
                 last = hist.iloc[-1] if len(hist) else None
                 if last is not None and int(last["iteration"]) % every != 0 and torch.isfinite(result.x).all():
                     acc = float(problem.accuracy(result.x))
-                    final["patch_last"] = {"accuracy": acc}
+                    # and the held-out metrics: a run of few, costly iterations (full-batch MNIST) may have
+                    # no evaluated iterate after its first, and its test curve must end where it ended
+                    held_out = metrics(result.x) if metrics is not None else {}
+                    final["patch_last"] = {"accuracy": acc, **{k: _plain(v) for k, v in held_out.items()}}
                     self._track(math.nan, acc)
                 why = reason.get("why") or reason_of_status(result.status)
                 final.update(status="solved" if rules.solved(why, self._best_acc) else "budget", stop_reason=why)
@@ -411,8 +414,8 @@ class StudyTrainable(tune.Trainable):
         final["info"] = getattr(self, "_info", None)
         self._final = final
         self._emit_chunk()
-        if final.get("patch_last"):  # the last iterate's accuracy, evaluated after its row was sent
-            self._last["accuracy"] = final["patch_last"]["accuracy"]
+        if final.get("patch_last"):  # the last iterate's accuracy (and test metrics), evaluated after its row was sent
+            self._last.update(final["patch_last"])
         self._queue.put(_END)
 
     def _track(self, loss, acc) -> None:

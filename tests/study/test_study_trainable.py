@@ -107,6 +107,45 @@ def test_accuracy_every_and_the_last_row():
     assert final["patch_last"]["accuracy"] == pytest.approx(0.5, abs=0.5)  # the end point is always measured
 
 
+class _WithTestSet:
+    """The toy problem with held-out metrics, as a real-data problem has them (``problem.metrics(w)``)."""
+
+    def __init__(self, problem):
+        self._problem = problem
+
+    def __getattr__(self, name):
+        return getattr(self._problem, name)
+
+    def metrics(self, w):
+        return {"test_loss": 2.0 * float(self._problem.oracle.loss(w)), "test_accuracy": 0.25}
+
+
+def test_the_last_row_gets_its_test_metrics_too_when_it_was_not_an_evaluated_iterate():
+    """A full-batch MNIST run of 13 costly iterations with accuracy_every 50 has no evaluated iterate but its
+    first: the end point's test metrics are evaluated as its training accuracy is, or its test curve would end
+    at the initial point."""
+    t = object.__new__(StudyTrainable)
+    t._trial_info = None
+    problem = get_problem("toy-small", dtype=torch.float64)
+    t.setup(config(lr=0.1), settings=settings(budget={"iterations": 10}, accuracy_every=4), recorded=None,
+            problems={"toy-small": _WithTestSet(problem)})
+    results = []
+    while not results or not results[-1].get("done"):
+        results.append(t.step())
+    t.cleanup()
+    final = results[-1]["final"]
+    evaluated, losses = [], []
+    for r in results:  # a chunk has the test columns only when one of its rows was evaluated
+        chunk = r["rows"].to_pydict() if r.get("rows") is not None else {}
+        losses += chunk.get("loss", [])
+        evaluated += [i for i, a in zip(chunk.get("iteration", []), chunk.get("test_accuracy", []))
+                      if a is not None and not math.isnan(a)]
+    assert evaluated == [0, 4, 8] and len(losses) == 11
+    patch = final["patch_last"]
+    assert set(patch) == {"accuracy", "test_loss", "test_accuracy"} and patch["test_accuracy"] == 0.25
+    assert patch["test_loss"] == pytest.approx(2.0 * losses[-1], rel=1e-12)  # at the last iterate itself
+
+
 def test_chunks_pause_and_stop_promptly():
     """With a scheduler (lockstep) the optimizer waits between reports; stopping the trial ends it at once."""
     t = trainable(config(lr=0.1), settings(lockstep=True, budget={"iterations": 10**6}))
