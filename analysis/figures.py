@@ -45,7 +45,7 @@ from . import tables as T
 from .load import ANCHORS, LN2, SAMPLED, TUNING, StudyResults, _method_rank, family
 
 __all__ = ["convergence", "robustness", "sensitivity", "cost", "eigen_spectra", "anchors", "performance_profiles",
-           "tuning_curves", "FIGURES", "ALL_STAGES", "palette", "resample", "save", "to_png", "wrap_text",
+           "tuning_curves", "heldout", "FIGURES", "ALL_STAGES", "palette", "resample", "save", "to_png", "wrap_text",
            "freeze_layout"]
 
 X_AXES = {"iteration": "iterations", "grad_equivalents": "gradient-equivalents (≈ epochs)",
@@ -813,6 +813,52 @@ def tuning_curves(results: StudyResults) -> Figure:
 
 #: figures that read every stage of the results they are given (the others compare methods on
 #: :meth:`~analysis.load.StudyResults.comparison`, which the report gives them)
+# ----------------------------------------------------------------------------------------- 9 held-out
+#: the held-out metrics real-data problems record (every ``accuracy_every``-th iterate), beside the training ones
+HELDOUT = {"loss": "training loss", "test_loss": "test loss", "accuracy_filled": "training accuracy",
+           "test_accuracy": "test accuracy"}
+HELDOUT_X = {"epochs": "epochs (data passes)", "wall_time": "wall time (s, optimizer only)"}
+
+
+def heldout(study: StudyResults) -> Figure:
+    """Figure 9: training and test loss and accuracy against epochs and wall time (the poster's MNIST panels),
+    one block of four rows per problem; median across seeds and interquartile band. Test values exist only where
+    they were evaluated; each is carried forward to the next evaluation, as the training accuracy is. Not drawn
+    (``fig.skipped``) for a study without test metrics (the toy problems)."""
+    title = "9. Training and test loss and accuracy against epochs and wall time: median across seeds"
+    it = study.iterations
+    if "test_accuracy" not in it.columns or pd.to_numeric(it["test_accuracy"], errors="coerce").notna().sum() == 0:
+        return _skipped(title, "no problem of the study records test metrics (the real-data problems, MNIST, do)")
+    study, configs, note = _focus(study)
+    it = study.iterations.copy()
+    for col in ("test_loss", "test_accuracy"):
+        if col in it.columns:
+            it[col] = pd.to_numeric(it[col], errors="coerce").groupby(it["trial_id"]).ffill()
+    problems = [p for p in study.problems if p in set(it["problem"]) and it.loc[it["problem"] == p, "test_accuracy"]
+                .notna().any()]
+    metrics = [y for y in HELDOUT if y in it.columns]
+    colors = palette(configs)
+    with _style():
+        fig = Figure(figsize=(12, 2.7 * len(metrics) * len(problems)), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(len(metrics) * len(problems), len(HELDOUT_X), squeeze=False))
+        for j, x in enumerate(HELDOUT_X):
+            for k, y in enumerate(metrics):
+                long = resample(it, x, y, log=True)
+                for i, problem in enumerate(problems):
+                    ax = axes[len(metrics) * i + k, j]
+                    _median_band(ax, long[long["problem"] == problem], colors, configs)
+                    ax.set_xscale("log")
+                    ax.set_xlabel(HELDOUT_X[x])
+                    ax.set_ylabel(f"{HELDOUT[y]}\n{problem}" if j == 0 else HELDOUT[y])
+                    if "loss" in y:
+                        ax.set_yscale("log")
+                    else:
+                        ax.set_ylim(-0.02, 1.02)
+                    ax.set_title(f"{problem}: {HELDOUT[y]} vs {HELDOUT_X[x].split(' (')[0]}", fontsize=9)
+        _legend(fig, axes, "config (line style: family)")
+    return _done(fig, title, note)
+
+
 ALL_STAGES = frozenset({"fig8-tuning"})
 
 #: (file stem, title, function) of every report figure, in report order
@@ -825,4 +871,5 @@ FIGURES = (
     ("fig6-anchors", "External anchors", anchors),
     ("fig7-profiles", "Performance profiles", performance_profiles),
     ("fig8-tuning", "Tuning curves", tuning_curves),
+    ("fig9-heldout", "Training and test metrics over epochs and wall time", heldout),
 )

@@ -95,6 +95,13 @@ CAPTIONS = {
         "the worst value); dots, each configuration's own score; ring, the configuration chosen (best mean rank "
         "over the problems) and rerun on the evaluation seeds, on which alone every other figure and table "
         "compares the methods. A curve still falling at k = B says the method might gain from a larger budget."),
+    "fig9-heldout": (
+        "Real-data problems (MNIST): training loss (for a mini-batch problem, the loss of the current batch), test "
+        "loss, training accuracy over the whole training set and test accuracy against epochs (data passes, as the "
+        "oracle counts the points it evaluates) and the optimizer's wall time. Accuracies and "
+        "test values are evaluated every accuracy_every-th iterate and carried forward; lines are the median across "
+        "seeds, bands the 25–75 % range. Wall time excludes those evaluations, so methods with many cheap "
+        "iterations are not charged for being measured more often."),
 }
 
 CSS = """

@@ -1,5 +1,6 @@
 """The report of a small real study: every figure and table is there, computed from the data, and moves
 when the data moves; partial studies still give a report."""
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -24,9 +25,9 @@ TABLES = ("summary", "robustness", "plateau", "sensitivity", "radius_invariance"
 def test_every_figure_and_table_is_in_the_report_and_beside_it(report):
     assert report.errors == {}
     assert report.no_data == {}, "the test study has data for every figure"
-    assert set(report.skipped) == {"fig8-tuning"}, "a plain study has no tuning stage"
+    assert set(report.skipped) == {"fig8-tuning", "fig9-heldout"}, "a plain toy study: no tuning, no test set"
     page = report.path.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 1 == 7
+    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 2 == 7
     for stem, _, _ in F.FIGURES:
         assert f'id="{stem}"' in page
         if stem in report.skipped:
@@ -126,7 +127,7 @@ def test_partial_study_without_trials_file_or_eigen_still_reports(study_dir, tmp
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert page.count("No data for this figure") == 2  # no eigen.parquet, no anchors in the study
     assert "fig5-eigen: no data" in out and "fig6-anchors: no data" in out
-    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 2  # fig3: a single m × r cell; fig8
+    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 3  # fig3: a single m × r cell; fig8; fig9
     study = load_results(d)
     assert set(study.methods) == {"s-lsr1", "lbfgs"} and len(study.trials) == keep.trial_id.nunique()
 
@@ -189,3 +190,22 @@ def test_a_finding_lists_a_few_items_and_counts_the_rest():
     many = [f"c{i}" for i in range(80)]
     text = _listed(many, "plateau")
     assert text == f"{', '.join(many[:MAX_LISTED])} and {80 - MAX_LISTED} more (all in tables/plateau.csv)"
+
+
+def test_the_heldout_figure_draws_test_metrics_carried_forward_between_evaluations(study_dir):
+    """Figure 9 (the poster's MNIST panels): drawn only when the rows hold test metrics, evaluated every k-th
+    iterate; between evaluations the last value is carried forward, never read as missing."""
+    study = load_results(study_dir)
+    assert getattr(F.heldout(study), "skipped", None)  # toy problems: no test set
+    it = study.iterations.copy()
+    every = it["iteration"] % 5 == 0
+    it["test_loss"] = np.where(every, it["loss"] * 1.1, np.nan)
+    it["test_accuracy"] = np.where(every, 0.5, np.nan)
+    with_test = dataclasses.replace(study, iterations=it)
+    fig = F.heldout(with_test)
+    assert getattr(fig, "skipped", None) is None
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 4 * 2 * len(study.problems)  # 4 metrics x (epochs, wall time) per problem
+    filled = it.assign(test_accuracy=it.groupby("trial_id")["test_accuracy"].ffill())
+    long = F.resample(filled, "wall_time", "test_accuracy", log=True)
+    assert set(long["y"].dropna()) == {0.5}

@@ -122,13 +122,14 @@ def test_a_single_cell_grid_gets_no_heatmap_and_one_line_saying_why(study_dir, t
 
     rep = build_report(d, tmp_path / "out", formats=("png", "svg"))
     assert rep.errors == {} and rep.skipped == {"fig3-sensitivity": fig.skipped,
-                                                "fig8-tuning": F.tuning_curves(study).skipped}
+                                                "fig8-tuning": F.tuning_curves(study).skipped,
+                                                "fig9-heldout": F.heldout(study).skipped}
     assert "fig3-sensitivity" not in rep.figures and not list((tmp_path / "out").glob("fig3-sensitivity.*"))
     page = rep.path.read_text(encoding="utf-8")
-    note, _ = re.findall(r'<p class="nodata">Figure not drawn: ([^<]*)</p>', page)  # fig3's, fig8's
+    note, _, _ = re.findall(r'<p class="nodata">Figure not drawn: ([^<]*)</p>', page)  # fig3's, fig8's, fig9's
     assert "\n" not in note and "s-lsr1 · Option II (hvp): m = 6, r = 1" in note
     assert not rep.tables["sensitivity"].empty  # the numbers are still in the table
-    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 2
+    assert page.count('src="data:image/png;base64,') == len(F.FIGURES) - 3
 
 
 def test_a_method_run_at_one_cell_gets_no_panel_of_its_own(study_dir):
