@@ -217,3 +217,15 @@ def test_the_shipped_tuned_study_gives_every_method_the_same_budget(smoke):
         cells = math.prod(len(v) for v in study.methods[method].values() if isinstance(v, tuple))
         ranged = any(not isinstance(v, tuple) for v in study.methods[method].values())
         assert len(configs) == (study.tuning["trials"] if ranged else min(cells, study.tuning["trials"])), method
+
+
+def test_the_shipped_mnist_study_tunes_each_option_apart_and_needs_no_data_to_validate(tmp_path, monkeypatch):
+    from sqn_ray.study.spec import load_study_spec
+
+    monkeypatch.setenv("SQN_RAY_DATA", str(tmp_path))  # no cache: validating builds no problem
+    study = load_study_spec(STUDIES / "mnist-quick.yaml")
+    assert study.tuning["separate"] == ["sampling"] and study.problems == ("mnist-mlp-b1000", "mnist-mlp")
+    variants = {T.variant(m, o, ["sampling"]) for m, cs in T.draw_configurations(study).items() for _, o in cs}
+    assert variants == {"s-lsr1/sampling=hvp", "s-lsr1/sampling=grad-diff", "s-lbfgs/sampling=hvp",
+                        "s-lbfgs/sampling=grad-diff", "lsr1", "lbfgs", "adam", "gd"}
+    assert T.stage_trials(study) == {"tuning": 8 * 2 * 2, "evaluation": 8 * 2 * 5}
