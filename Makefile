@@ -6,8 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sqn-ray-installed
 
-STUDY  ?= studies/paper-toy.yaml
-OUT    ?= results/paper-toy
+STUDY  ?= studies/paper-toy-tuned.yaml
+OUT    ?= results/paper-toy-tuned
 SQN    := $(VENV)/bin/sqn-ray
 
 .PHONY: setup run test test-fast lint check bench clean
