@@ -358,6 +358,20 @@ def run_study(study: StudySpec | Mapping | str | Path, out_dir: str | Path | Non
                    num_gpus=num_gpus, stream=stream, problems=dict(problems or {}))
 
 
+def _held_study(out: Path, study: StudySpec, resume: bool) -> dict | None:
+    """The record of the study ``out`` holds (None: none), after checking that this run may use the folder:
+    resuming it, and from the same definition (its fingerprint)."""
+    state = read_state(out)
+    if state is not None and not resume:
+        raise StudyError(f"{out} already holds study '{state['name']}' (started {state.get('started', '?')}); "
+                         f"rerun with --resume to continue it, or choose another --out")
+    if state is not None and state["fingerprint"] != study.fingerprint:
+        raise StudyError(f"{out} holds study '{state['name']}' run from a different study definition "
+                         f"(fingerprint {state['fingerprint']}, this file gives {study.fingerprint}"
+                         f"{', --smoke' if study.smoke else ''}); use another --out")
+    return state
+
+
 def _run_tuned(out: Path, study: StudySpec, *, address, resume, progress, num_cpus, num_gpus, stream,
                problems: dict) -> StudyOutcome:
     """A tuned study (:mod:`sqn_ray.study.tuning`): the tuning stage, the choice, the evaluation stage, each an
@@ -369,14 +383,7 @@ def _run_tuned(out: Path, study: StudySpec, *, address, resume, progress, num_cp
 
     t_begin = time.monotonic()
     say = stream or sys.stderr
-    state = read_state(out)
-    if state is not None and not resume:
-        raise StudyError(f"{out} already holds study '{state['name']}' (started {state.get('started', '?')}); "
-                         f"rerun with --resume to continue it, or choose another --out")
-    if state is not None and state["fingerprint"] != study.fingerprint:
-        raise StudyError(f"{out} holds study '{state['name']}' run from a different study definition "
-                         f"(fingerprint {state['fingerprint']}, this file gives {study.fingerprint}"
-                         f"{', --smoke' if study.smoke else ''}); use another --out")
+    state = _held_study(out, study, resume)
     if state is None:
         write_state(out, study)
     tuning = T.stage_spec(study, "tuning")
@@ -435,14 +442,7 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     say = stream or sys.stderr
     tune_root = out / TUNE_DIR
     exp_path = tune_root / EXPERIMENT
-    state = read_state(out)
-    if state is not None and not resume:
-        raise StudyError(f"{out} already holds study '{state['name']}' (started {state.get('started', '?')}); "
-                         f"rerun with --resume to continue it, or choose another --out")
-    if state is not None and state["fingerprint"] != study.fingerprint:
-        raise StudyError(f"{out} holds study '{state['name']}' run from a different study definition "
-                         f"(fingerprint {state['fingerprint']}, this file gives {study.fingerprint}"
-                         f"{', --smoke' if study.smoke else ''}); use another --out")
+    state = _held_study(out, study, resume)
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # rows go to Parquet, not result.json
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
