@@ -147,7 +147,10 @@ def scalars_and_hparams(folder: Path):
 def test_a_study_logs_each_trials_metrics_to_tensorboard(ray_cluster, tmp_path):
     from sqn_ray.study.runner import run_study
 
-    study = parse(loggers=["tensorboard"], budget={"iterations": 15}, report_interval=0)
+    # a scheduler that never stops a trial puts it in lockstep with Tune: one report per iteration, however fast
+    # the driver polls (without it, a 15-iteration run may come in two reports)
+    study = parse(loggers=["tensorboard"], budget={"iterations": 15}, report_interval=0,
+                  scheduler={"type": "asha", "max_t": 1000, "grace_period": 1000})
     outcome = run_study(study, tmp_path, progress=False)
     assert outcome.done == outcome.total == 2
     trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
