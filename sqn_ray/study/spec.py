@@ -1059,6 +1059,7 @@ class _Parser:
                     self.fail(f"methods.{method}.{opt}", f"not an option of {method}", sorted(known), value=v)
                 axes[opt] = self.axis(v, f"methods.{method}.{opt}", algorithm)
             self.check_values(method, axes, sqn_ray)
+            self.check_unused_lr(method, axes, known)
             out[method] = axes
         for opt in shared:
             if opt == "seed":
@@ -1067,6 +1068,18 @@ class _Parser:
                 self.fail(f"options.{opt}", f"no listed method takes option {_shown(opt)}", sorted(
                     {o for m in out for o in sqn_ray.method_options(m) if o != "seed"}))
         return out
+
+    def check_unused_lr(self, method, axes, known) -> None:
+        """A line-search method's ``lr`` is its fixed step (``step_rule: fixed``); under the default Armijo search
+        it does nothing, so sweeping it would only make duplicate trials."""
+        lr, rule = axes.get("lr"), axes.get("step_rule", (known.get("step_rule"),))
+        if "step_rule" not in known or lr is None:
+            return
+        swept = isinstance(lr, Distribution) or len(lr) > 1
+        if swept and "fixed" not in (rule.args if isinstance(rule, Distribution) else rule):
+            self.fail(f"methods.{method}.lr", f"lr is the step of step_rule: fixed and unused by the Armijo search "
+                                              f"{method} runs here: sweeping it gives identical trials; set "
+                                              f"step_rule: fixed, or remove lr", value=lr)
 
     def check_values(self, method, axes, sqn_ray):
         """Let the optimizer core judge every value: each grid combination (or, for a grid too large to

@@ -217,3 +217,14 @@ def test_new_run_settings_keep_the_fingerprint_of_existing_studies(tmp_path):
     """)
     plain = write(tmp_path, "name: s\nproblems: [toy-small]\nmethods: [gd]\nsmoke: {seeds: 1}\n", "plain.yaml")
     assert load_study_spec(path, smoke=True).fingerprint == load_study_spec(plain, smoke=True).fingerprint
+
+
+def test_sweeping_lr_of_a_line_search_method_needs_the_fixed_step_rule():
+    with pytest.raises(StudySpecError, match=r"methods\.lbfgs\.lr.*step_rule: fixed"):
+        parse_study({"problems": ["toy-small"], "methods": {"lbfgs": {"lr": [0.1, 1.0]}}}, source="t.yaml")
+    fixed = parse_study({"problems": ["toy-small"], "methods": {"s-lbfgs": {"lr": [0.1, 1.0], "step_rule": "fixed"}}},
+                        source="t.yaml")
+    assert fixed.num_trials == 2
+    one = parse_study({"problems": ["toy-small"], "methods": {"lbfgs": {"lr": 0.5}, "gd": {"lr": [0.1, 0.5]}}},
+                      source="t.yaml")
+    assert one.num_trials == 3  # a single lr is harmless; gd's lr is its own
