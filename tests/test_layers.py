@@ -1,7 +1,8 @@
 """The layers the code must keep, read from every module's imports (lazy ones inside functions too):
 
     core      sqn_ray (package), objective, options, curvature, linalg, optim, spectral, io,
-              records (the per-iteration record's schema), stopping (the stop rules)        -> core only
+              records (the per-iteration record's schema), stopping (the stop rules),
+              collective (all-reduce oracles over torch.distributed)                      -> core only
     problems  sqn_ray.problems, sqn_ray.data                                        -> core, problems
     platform  sqn_ray.study, distributed, scaling, ray_session                      -> anything but the shells
     shells    sqn_ray.cli, analysis                                                 -> see below
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS = {
     "core": ("sqn_ray.objective", "sqn_ray.options", "sqn_ray.curvature", "sqn_ray.linalg", "sqn_ray.optim",
-             "sqn_ray.spectral", "sqn_ray.io", "sqn_ray.records", "sqn_ray.stopping", "sqn_ray.theory"),
+             "sqn_ray.spectral", "sqn_ray.io", "sqn_ray.records", "sqn_ray.stopping", "sqn_ray.theory",
+             "sqn_ray.collective"),
     "problems": ("sqn_ray.problems", "sqn_ray.data"),
     "platform": ("sqn_ray.study", "sqn_ray.distributed", "sqn_ray.scaling", "sqn_ray.ray_session"),
     "cli": ("sqn_ray.cli",),
