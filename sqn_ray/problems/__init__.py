@@ -32,7 +32,7 @@ import torch
 from ..objective import Oracle
 from .module import ModuleProblem
 from .plugins import ENTRY_POINT_GROUP, PluginError, load_plugin, plugin_entry_points
-from .protocol import ProblemError, ProblemProtocol, check_problem, materialize
+from .protocol import ProblemError, ProblemProtocol, check_problem, materialize, shard_of
 from .logistic import DEFAULT_LAMBDA, LogisticOracle, logistic_fun, logistic_oracle, solution
 from .mlp import ACTIVATIONS, MLPOracle, layer_shapes, mlp_logits, mlp_loss, param_count
 from .toy import TOY_SIZES, toy_data, toy_fun, toy_oracle
@@ -138,7 +138,7 @@ def _logistic_problem(dtype: torch.dtype, device: torch.device) -> Problem:
 
 
 def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
-                problems: dict | None = None) -> Problem:
+                problems: dict | None = None, shard: tuple[int, int] | None = None) -> Problem:
     """Build a problem: of the library, of an installed plugin, or one handed over in ``problems``.
 
     Args:
@@ -147,6 +147,8 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
         device: where its data and computations live (``"cpu"``, ``"cuda"``, ``"cuda:0"``, ...).
         problems: name -> problem or recipe (``build(dtype=..., device=...)``, e.g. a ModuleProblem) defined by
             the caller (a notebook); these names come first.
+        shard: ``(rank, world)``: only that shard of the training rows (:func:`~sqn_ray.problems.protocol.shard_of`;
+            the MNIST problems read only those rows), for a data-parallel trial; None: all of them.
 
     Returns:
         The problem: a :class:`Problem` (an :class:`~sqn_ray.problems.mnist.MNISTProblem` for the MNIST and
@@ -163,6 +165,13 @@ def get_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {DTYPES}")
     device = torch.device(device)
+    if shard is not None:
+        rank, world = shard
+        if (name in MNIST_PROBLEMS or name in FASHION_MNIST_PROBLEMS) and not (problems and name in problems):
+            from .mnist import make_mnist_problem
+
+            return make_mnist_problem(name, dtype=dtype, device=device, shard=(int(rank), int(world)))
+        return shard_of(get_problem(name, dtype=dtype, device=device, problems=problems), name, rank, world)
     if problems and name in problems:
         return materialize(problems[name], name, dtype=dtype, device=device)
     if name not in PROBLEMS:
@@ -225,7 +234,7 @@ def problem_dim(name: str, problems: dict | None = None) -> int | None:
 
 __all__ = ["PROBLEMS", "MNIST_PROBLEMS", "FASHION_MNIST_PROBLEMS", "Problem", "get_problem", "problem_dim",
            "problem_names", "ModuleProblem", "ProblemProtocol", "ProblemError", "PluginError", "check_problem",
-           "materialize", "plugin_entry_points", "load_plugin", "ENTRY_POINT_GROUP",
+           "materialize", "shard_of", "plugin_entry_points", "load_plugin", "ENTRY_POINT_GROUP",
            "gaussian_init", "zeros_init", "MLPOracle", "LogisticOracle",
            "ACTIVATIONS", "layer_shapes", "param_count", "mlp_logits", "mlp_loss", "TOY_SIZES", "toy_data",
            "toy_fun", "toy_oracle", "logistic_oracle", "logistic_fun", "solution"]

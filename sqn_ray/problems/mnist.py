@@ -74,6 +74,11 @@ class MNISTProblem(Problem):
     curvature_batch_size: int | None = None
     recipe: dict = None
 
+    def shard(self, rank: int, world: int) -> "MNISTProblem":
+        """The problem on shard ``rank`` of ``world`` of the training rows (full batch only; see
+        :func:`make_mnist_problem`), for a data-parallel trial."""
+        return _rebuild({**self.recipe, "shard": (int(rank), int(world))})
+
     def __reduce__(self):
         """Pickle the recipe, not the arrays: unpickling (e.g. in a Ray actor) rebuilds the problem from that
         machine's local cache, so shipping a problem costs bytes, not the 60,000 images."""
@@ -201,11 +206,19 @@ class _Model:
 # -------------------------------------------------------------------------------------------- the problems
 def make_mnist_problem(name: str, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu",
                        batch_size: int | None = None, curvature_batch_size: int | None = None,
-                       data_dir: str | None = None, chunk_size: int = CHUNK_SIZE) -> MNISTProblem:
+                       data_dir: str | None = None, chunk_size: int = CHUNK_SIZE,
+                       shard: tuple[int, int] | None = None) -> MNISTProblem:
     """The problem ``name`` (``mnist-mlp``, ``mnist-cnn``, their ``fashion-`` twins, or any of them with a
     ``-b<N>`` batch-size suffix) on the cached data. Raises :class:`~sqn_ray.data.DataNotFetchedError` telling
-    the user to run ``sqn-ray data fetch mnist`` when the data is not in the cache."""
+    the user to run ``sqn-ray data fetch mnist`` when the data is not in the cache.
+
+    ``shard=(rank, world)``: the problem on shard ``rank`` of ``world`` of the training rows only (the block
+    :func:`~sqn_ray.problems.shards.shard_bounds` gives it; full batch only), for a data-parallel trial: its
+    oracle, ``accuracy`` and ``n_samples`` are the shard's, the test metrics the whole test set's."""
     dataset, model, suffix_batch = parse_mnist_name(name)
+    if shard is not None and (batch_size is not None or suffix_batch is not None):
+        raise ValueError(f"{name}: a data-parallel shard is full batch (every worker's rows, every iteration); "
+                         f"a mini-batch problem runs with workers: 1")
     if batch_size is not None and suffix_batch is not None and batch_size != suffix_batch:
         raise ValueError(f"{name!r} names batch size {suffix_batch} but batch_size={batch_size} was given")
     batch_size = batch_size if batch_size is not None else suffix_batch
@@ -213,8 +226,9 @@ def make_mnist_problem(name: str, *, dtype: torch.dtype = torch.float64, device:
         raise ValueError(f"dtype {dtype!r} is not supported; use torch.float32 or torch.float64")
     device = torch.device(device)
     arrays = _arrays(dataset, None if data_dir is None else str(data_dir))
-    X = _inputs(arrays.train_images, model, dtype, device)
-    y = _labels(arrays.train_labels, device)
+    rows = slice(None) if shard is None else slice(*shard_bounds(len(arrays.train_labels), shard[1], shard[0]))
+    X = _inputs(arrays.train_images[rows], model, dtype, device)
+    y = _labels(arrays.train_labels[rows], device)
     Xt = _inputs(arrays.test_images, model, dtype, device)
     yt = _labels(arrays.test_labels, device)
     net = _Model(model, dtype, device)
@@ -241,6 +255,8 @@ def make_mnist_problem(name: str, *, dtype: torch.dtype = torch.float64, device:
         return {"test_loss": loss, "test_accuracy": acc}
 
     label = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[dataset]
+    if shard is not None:
+        label += f" (shard {shard[0]} of {shard[1]})"
     arch = ("MLP 784-100-10 (tanh)" if model == "mlp" else
             "CNN conv5x5/2(1->8)-tanh-conv5x5/2(8->16)-tanh-linear(256->10)")
     batching = ("full batch" if batch_size is None else
@@ -254,7 +270,8 @@ def make_mnist_problem(name: str, *, dtype: torch.dtype = torch.float64, device:
         curvature_batch_size=None if batch_size is None else oracle.curvature_batch_size,
         recipe={"name": name, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
                 "batch_size": batch_size, "curvature_batch_size": curvature_batch_size,
-                "data_dir": None if data_dir is None else str(data_dir), "chunk_size": chunk_size})
+                "data_dir": None if data_dir is None else str(data_dir), "chunk_size": chunk_size,
+                **({"shard": tuple(shard)} if shard is not None else {})})
 
 
 def _rebuild(recipe: dict) -> MNISTProblem:

@@ -203,6 +203,19 @@ class ModuleProblem:
             return self
         return ModuleProblem(**{**self._recipe, "dtype": dtype, "device": device})
 
+    def shard(self, rank: int, world: int) -> ModuleProblem:
+        """The problem on shard ``rank`` of ``world`` of the training rows (contiguous blocks,
+        :func:`~sqn_ray.problems.shards.shard_bounds`), for a data-parallel trial: the same model, loss, test set
+        and options, the mean over the shard's rows. Full batch only (each worker's rows at every iteration)."""
+        from .shards import shard_bounds
+
+        if self._recipe["batch_size"] is not None:
+            raise ProblemError(f"ModuleProblem {self.name!r}: a data-parallel shard is full batch; this problem has "
+                               f"batch_size={self._recipe['batch_size']} (run it with workers: 1)")
+        lo, hi = shard_bounds(self.n_samples, int(world), int(rank))
+        return ModuleProblem(**{**self._recipe, "inputs": self._X[lo:hi], "targets": self._y[lo:hi],
+                                "dtype": self.dtype, "device": self.device})
+
     def __reduce__(self):
         return (_rebuild, (self._recipe,))
 

@@ -122,3 +122,21 @@ def materialize(recipe: Any, name: str, *, dtype: torch.dtype, device: torch.dev
     else:
         problem = recipe
     return check_problem(problem, name, dtype=dtype, device=device)
+
+
+def shard_of(problem: Any, name: str, rank: int, world: int) -> Any:
+    """Shard ``rank`` of ``world`` of a problem, for a data-parallel trial: ``problem.shard(rank, world)``, a
+    problem over that block of the training rows (F_k, the mean over its ``n_samples`` rows), checked.
+
+    Raises:
+        ProblemError: naming the problem when it has no ``shard`` method (it runs with ``workers: 1`` only) or
+            its shard is not a problem of the same dimension.
+    """
+    shard = getattr(problem, "shard", None)
+    if not callable(shard):
+        raise ProblemError(f"problem {name!r} cannot be split across workers: it has no shard(rank, world) method "
+                           "(the MNIST full-batch problems and ModuleProblem have one); run it with workers: 1")
+    part = check_problem(shard(int(rank), int(world)), name)
+    if part.dim != problem.dim:
+        raise ProblemError(f"problem {name!r}: shard {rank} of {world} has dim {part.dim}, not {problem.dim}")
+    return part
