@@ -24,21 +24,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import operator
 import os
 import queue
-import socket
 import threading
 import time
-import traceback
 from typing import Any
 
-import ray
 from ray import tune
 
 from ..records import metric_names
-from ..stopping import StopRules, reason_of_status
+from .execution import (RowBuffer, TrialExecution, concat_columns, detached, host_info, plain)
 from .results import record_table
+from .spec import WORKERS_OPTION
 
 __all__ = ["StudyTrainable", "cell_from_config", "trial_dirname"]
 
@@ -58,13 +55,7 @@ _HIGHER_IS_BETTER = ("accuracy", "best_accuracy")
 _LOWER_IS_BETTER = ("loss", "best_loss", "grad_norm")
 
 
-def _plain(v):
-    if hasattr(v, "item") and not isinstance(v, (list, tuple, dict, str)):
-        try:
-            return v.item()
-        except (ValueError, RuntimeError):
-            return str(v)
-    return v
+_plain = plain
 
 
 def cell_from_config(config: dict, grid=None) -> dict[str, Any]:
@@ -97,10 +88,6 @@ def cell_from_config(config: dict, grid=None) -> dict[str, Any]:
 def trial_dirname(trial) -> str:
     """Short trial folder names (Tune's default puts the whole config, '=' included, into them)."""
     return trial.trial_id
-
-
-class _Stop(Exception):
-    pass
 
 
 class StudyTrainable(tune.Trainable):
@@ -142,14 +129,11 @@ class StudyTrainable(tune.Trainable):
 
         self._cell = cell_from_config(config, self._settings.get("grid"))
         self._queue: queue.Queue = queue.Queue()  # lists of records (one per report), then _END
-        self._rows = _RowBuffer()
         self._halt = threading.Event()
         self._permit = threading.Semaphore(0)
         self._lockstep = bool(self._settings.get("lockstep"))
         self._deadline = math.inf
         self._sent_info = False
-        self._best_loss = math.inf
-        self._best_acc = -math.inf
         self._last: dict[str, Any] = {}
         self._info = None
         self._resume: dict | None = None  # a checkpoint Tune restored: {"state", "iteration", ...}
@@ -282,205 +266,76 @@ class StudyTrainable(tune.Trainable):
             self._problems[key] = get_problem(name, dtype=dtype, device=device, problems=self._recipes)
         return self._problems[key]
 
-    def _emit_chunk(self, snapshot: dict | None = None) -> None:
-        if self._rows.items:
-            cols = self._rows.take()
-            for k in _RECORD_METRICS:
-                if cols.get(k) and cols[k][-1] is not None:
-                    self._last[k] = cols[k][-1]
-            acc = next((a for a in reversed(cols.get("accuracy", ())) if a is not None and math.isfinite(a)), None)
-            if acc is not None:
-                self._last["accuracy"] = acc
-            self._last.update(best_loss=self._best_loss, best_accuracy=self._best_acc)
-            self._queue.put((cols, snapshot))
-
     def _run(self):
+        """The trial, in the worker thread: on this process (a single-process trial) or on a Ray Train worker
+        group (``workers`` > 1, :mod:`sqn_ray.study.data_parallel`); either way its chunks arrive through
+        :class:`_LocalChannel` and end with the final record."""
         import torch
 
-        import sqn_ray
-
         s = self._settings
-        cell = self._cell
         started = time.time()
-        t_start = time.perf_counter()
-        budget, stop = s["budget"], s["stop"]
-        final: dict[str, Any] = {"status": None, "stop_reason": None, "error": None}
-        try:
-            threads = max(1, int(s["cpus"]))
-            torch.set_num_threads(threads)
-            gpu_ids = ray.get_gpu_ids()
-            self._info = {
-                "node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-                "hostname": socket.gethostname(), "pid": os.getpid(), "device": None,
-                "gpu_ids": ",".join(str(g) for g in gpu_ids),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": threads,
-                "started_at": started,
-            }
-            device = self._info["device"] = self._device(gpu_ids)
-            dtype = getattr(torch, s["dtype"])
-            problem = self._problem(cell["problem"], dtype, device)
-            # 'target' is the problem's own target accuracy (None for problems without one: no accuracy rule)
-            rules = StopRules.from_study(budget, stop, target_accuracy=problem.target_accuracy)
-            self._info["problem_target_accuracy"] = problem.target_accuracy
-            # the problem's size, for the analysis (which reads it from the results, never builds problems)
-            self._info.update(problem_dim=int(problem.dim), problem_n=int(problem.n_samples))
-            resume = self._resume
-            w0 = problem.init(cell["seed"]) if resume is None else None
-            self._info["resumed_from"] = resume["iteration"] if resume is not None else None
-            every = int(s["accuracy_every"])
-            checkpoint_every = s.get("checkpoint_every")
-            next_snapshot = time.monotonic() + checkpoint_every if checkpoint_every else math.inf
-            metrics = getattr(problem, "metrics", None)
-            overhead = 0.0  # seconds spent in this callback: not the optimizer's time
-            streamed = set()
-            reason = {}
+        workers = int(self._cell["options"].get(WORKERS_OPTION, 1))
+        channel = _LocalChannel(self)
+        if workers > 1:
+            from .data_parallel import run_data_parallel
 
-            rows = self._rows
-
-            def callback(x=None, record=None, save_state=None, **_):
-                nonlocal overhead, next_snapshot
-                t0 = time.perf_counter()
-                it = int(record["iteration"])
-                evaluate = it % every == 0
-                acc = float(problem.accuracy(x)) if evaluate else math.nan
-                # held-out metrics (test_loss, test_accuracy) of real-data problems
-                extra = metrics(x) if metrics is not None and evaluate else None
-                rows.append(record, overhead, acc, extra)
-                self._track(record["loss"], acc)
-                streamed.add(it)
-                halt = rules.check(record, accuracy=acc, overhead=overhead)
-                now = time.monotonic()
-                snapshot_due = save_state is not None and now >= next_snapshot
-                if halt is None and (now >= self._deadline or snapshot_due):
-                    snapshot = None
-                    if snapshot_due:  # the state at this row, sent with the rows up to it
-                        snapshot = {"state": _detached(save_state()), "iteration": it}
-                        next_snapshot = now + checkpoint_every
-                    self._emit_chunk(snapshot)
-                    if self._lockstep:
-                        while not self._permit.acquire(timeout=0.2):
-                            if self._halt.is_set():
-                                break
-                    else:
-                        self._deadline = time.monotonic() + float(s["report_interval"])
-                if halt is None and self._halt.is_set():
-                    halt = "stopped"
-                overhead += time.perf_counter() - t0
-                if halt:
-                    reason["why"] = halt
-                    return True
-                return False
-
-            if self._lockstep:  # wait for Tune's first step() before computing anything
-                while not self._permit.acquire(timeout=0.2):
-                    if self._halt.is_set():
-                        raise _Stop
-            if resume is not None:  # restored from a checkpoint: the run continues from its state
-                result = sqn_ray.minimize(problem.oracle, None, cell["method"], state=resume["state"],
-                                          **rules.minimize_options(), callback=callback, seed=cell["seed"],
-                                          **cell["options"])
-            else:
-                result = sqn_ray.minimize(problem.oracle, w0, cell["method"], **rules.minimize_options(),
-                                          callback=callback, seed=cell["seed"], **cell["options"])
-            # iterates the callback never saw (a diverged step is recorded but not called back)
-            hist = result.history
-            unseen = hist[~hist["iteration"].isin(streamed)] if len(hist) > len(streamed) else hist.iloc[:0]
-            for rec in unseen.to_dict("records"):
-                rec = {k: _plain(v) for k, v in rec.items()}
-                rows.append(rec, overhead, math.nan, None)
-                self._track(rec["loss"], math.nan)
-            final["optimizer_status"], final["message"] = result.status, result.message
-            if result.status == "diverged":
-                final.update(status="diverged", stop_reason="diverged")
-            else:
-                last = hist.iloc[-1] if len(hist) else None
-                if last is not None and int(last["iteration"]) % every != 0 and torch.isfinite(result.x).all():
-                    acc = float(problem.accuracy(result.x))
-                    # and the held-out metrics: a run of few, costly iterations (full-batch MNIST) may have
-                    # no evaluated iterate after its first, and its test curve must end where it ended
-                    held_out = metrics(result.x) if metrics is not None else {}
-                    final["patch_last"] = {"accuracy": acc, **{k: _plain(v) for k, v in held_out.items()}}
-                    self._track(math.nan, acc)
-                why = reason.get("why") or reason_of_status(result.status)
-                final.update(status="solved" if rules.solved(why, self._best_acc) else "budget", stop_reason=why)
-        except _Stop:
-            final.update(status="budget", stop_reason="stopped")
-        except Exception as e:  # noqa: BLE001 - any error of a trial is recorded, the study goes on
-            tb = traceback.format_exception(type(e), e, e.__traceback__)
-            final.update(status="failed", stop_reason="error",
-                         error=(f"{type(e).__name__}: {e}\n" + "".join(tb[-6:]))[-4000:])
-        final["trial_time"] = time.perf_counter() - t_start
-        final["finished_at"] = time.time()
-        final["info"] = getattr(self, "_info", None)
-        self._final = final
-        self._emit_chunk()
-        if final.get("patch_last"):  # the last iterate's accuracy (and test metrics), evaluated after its row was sent
-            self._last.update(final["patch_last"])
-        self._queue.put(_END)
-
-    def _track(self, loss, acc) -> None:
-        """Best loss and accuracy so far (NaN compares false: unevaluated accuracies are skipped)."""
-        if loss is not None and loss < self._best_loss and math.isfinite(loss):
-            self._best_loss = loss
-        if acc > self._best_acc and math.isfinite(acc):
-            self._best_acc = acc
-
-
-def _detached(value):
-    """A copy of a saved state that the run going on cannot change (tensors cloned)."""
-    if hasattr(value, "detach"):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached(v) for v in value)
-    return value
-
-
-class _RowBuffer:
-    """The iterations of the current chunk, kept as cheaply as the callback can (one append each: the
-    optimizer's own record, which it never changes once emitted, the callback time spent before it, the
-    accuracy and any held-out metrics); :meth:`take` turns them into columns at C speed once per chunk."""
-
-    __slots__ = ("items",)
-
-    def __init__(self):
-        self.items: list[tuple] = []
-
-    def append(self, record: dict, overhead: float, accuracy: float, extra: dict | None) -> None:
-        self.items.append((record, overhead, accuracy, extra))
-
-    def take(self) -> dict[str, list]:
-        """The buffered rows as equal-length columns (a field a row lacks is None); the buffer empties.
-        ``wall_time`` becomes the optimizer's own time: the callback's time up to that row is taken out."""
-        items, self.items = self.items, []
-        records = [item[0] for item in items]
-        keys = list(records[0])
-        if len(keys) > 1 and all(r.keys() == records[0].keys() for r in records):  # the usual case
-            cols = dict(zip(keys, map(list, zip(*map(operator.itemgetter(*keys), records)))))
+            final = run_data_parallel(s, self._cell, workers=workers, channel=channel, resume=self._resume,
+                                      recipes=self._recipes, trial_id=self.trial_id, started=started)
         else:
-            keys = list(dict.fromkeys(k for r in records for k in r))
-            cols = {k: [r.get(k) for r in records] for k in keys}
-        if "wall_time" in cols:
-            cols["wall_time"] = [None if w is None else w - item[1] for w, item in zip(cols["wall_time"], items)]
-        cols["accuracy"] = [item[2] for item in items]
-        extras = [item[3] for item in items]
-        for k in dict.fromkeys(k for e in extras if e for k in e):
-            cols[k] = [e.get(k) if e else None for e in extras]
-        return cols
+            def prepare(execution: TrialExecution):
+                threads = max(1, int(s["cpus"]))
+                torch.set_num_threads(threads)
+                execution.info.update(host_info(threads, self._device, started))
+                channel.put({"info": dict(execution.info)})  # known before the problem is (a failure has it)
+                dtype = getattr(torch, s["dtype"])
+                return self._problem(self._cell["problem"], dtype, execution.info["device"])
+
+            final = TrialExecution(s, self._cell, channel=channel, resume=self._resume).run(prepare)
+        channel.put({"final": final})
 
 
-def _concat_columns(chunks: list[dict[str, list]]) -> dict[str, list]:
-    """Column chunks one after another (a column missing from a chunk is None there)."""
-    if len(chunks) == 1:
-        return chunks[0]
-    out: dict[str, list] = {}
-    n = 0
-    for chunk in chunks:
-        m = len(next(iter(chunk.values()), ()))
-        for k in chunk.keys() - out.keys():
-            out[k] = [None] * n
-        for k, col in out.items():
-            col.extend(chunk.get(k) or [None] * m)
-        n += m
-    return out
+class _LocalChannel:
+    """The trial actor's end of a run's chunks (see :mod:`sqn_ray.study.execution`): a chunk updates the live
+    metrics and joins the queue :meth:`StudyTrainable.step` reads; ``final`` ends the queue. The deadline is
+    the one ``step()`` set; the lockstep permits and the halt flag are the trainable's."""
+
+    def __init__(self, trainable: StudyTrainable):
+        self.t = trainable
+
+    def put(self, item: dict) -> None:
+        t = self.t
+        if "cols" in item:
+            t._last.update(item["last"])
+            t._queue.put((item["cols"], item["snapshot"]))
+        elif "info" in item:
+            t._info = {**(t._info or {}), **item["info"]}
+        elif "final" in item:
+            final = item["final"]
+            t._final = final
+            if final.get("info"):
+                t._info = {**(t._info or {}), **final["info"]}
+            if final.get("patch_last"):  # the last iterate's accuracy, evaluated after its row was sent
+                t._last.update(final["patch_last"])
+            t._queue.put(_END)
+
+    def deadline(self) -> float:
+        return self.t._deadline
+
+    def rearm(self) -> None:
+        self.t._deadline = time.monotonic() + float(self.t._settings["report_interval"])
+
+    def wait_permit(self) -> bool:
+        """Block until Tune's next step() (True: the trial was stopped meanwhile)."""
+        while not self.t._permit.acquire(timeout=0.2):
+            if self.t._halt.is_set():
+                return True
+        return self.t._halt.is_set()
+
+    def halted(self) -> bool:
+        return self.t._halt.is_set()
+
+
+# the trial loop's pieces kept under their old names here
+_RowBuffer = RowBuffer
+_concat_columns = concat_columns
+_detached = detached
