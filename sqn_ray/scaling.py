@@ -56,12 +56,16 @@ TOP_KEYS = ("name", "description", "problems", "problem", "n_train", "dtype", "d
             "smoke", "data_dir")
 THROUGHPUT_KEYS = ("batch_sizes", "operations", "memory", "repeats", "threads", "chunk_size")
 WORKERS_KEYS = ("problems", "counts", "memory", "iterations", "sg_batch_size", "sg_steps", "sg_lr", "cpus_per_worker",
-                "gpus_per_worker", "threads_per_worker", "seed", "chunk_size")
+                "gpus_per_worker", "threads_per_worker", "seed", "chunk_size", "paths")
+#: the data-parallel engines measured side by side: the hand-written Ray actors with a star gather into the
+#: driver (sqn_ray.distributed.DataParallelOracle), and Ray Train's workers with a torch.distributed all-reduce
+#: (sqn_ray.collective.AllReduceOracle, what a study's data-parallel trial runs)
+PATHS = ("actors", "train")
 THROUGHPUT_DEFAULTS = {"batch_sizes": [64, 256, 1024, 4096], "operations": list(OPERATIONS[:3]), "memory": 16,
                        "repeats": 5, "threads": 1, "chunk_size": None}
 WORKERS_DEFAULTS = {"problems": None, "counts": [1, 2], "memory": 16, "iterations": 3, "sg_batch_size": 128,
                     "sg_steps": None, "sg_lr": 0.1, "cpus_per_worker": 1, "gpus_per_worker": 0,
-                    "threads_per_worker": None, "seed": 0, "chunk_size": 10_000}
+                    "threads_per_worker": None, "seed": 0, "chunk_size": 10_000, "paths": list(PATHS)}
 SYNTHETIC_N = 10_000
 
 
@@ -180,6 +184,11 @@ def parse_scaling_spec(data: Any, *, source: str = "<scaling>", smoke: bool = Fa
         check(positive_float, wk["cpus_per_worker"], "workers.cpus_per_worker")
         check(nonneg_float, wk["gpus_per_worker"], "workers.gpus_per_worker")
         check(nonneg_int, wk["seed"], "workers.seed")
+        paths = wk["paths"]
+        if (not isinstance(paths, list) or not paths or any(p not in PATHS for p in paths)
+                or len(set(paths)) < len(paths)):
+            fail("workers.paths", f"expected a list of distinct values from {', '.join(PATHS)}, got {paths!r}",
+                 value=paths, allowed=PATHS)
     if tp is None and wk is None:
         fail("(top level)", "nothing to measure: give 'throughput', 'workers' or both")
     return ScalingSpec(name=str(raw.get("name") or Path(source).stem), description=str(raw.get("description", "")),
@@ -319,10 +328,130 @@ def measure_workers(spec: ScalingSpec, log: Callable[[str], None] = print) -> li
     torch.set_num_threads(1)
     try:
         for k in cfg["counts"]:
-            rows += _measure_k(spec, builder, k, m, B, log)
+            for path in cfg["paths"]:
+                measure = _measure_k if path == "actors" else _measure_k_train
+                rows += [{**row, "path": path} for row in measure(spec, builder, k, m, B, log)]
     finally:
         torch.set_num_threads(threads)
     return rows
+
+
+def _measure_k_train(spec: ScalingSpec, builder, k: int, m: int, B: int, log) -> list[dict]:
+    """The same two rows as :func:`_measure_k`, on k Ray Train workers joined by torch.distributed: the optimizer
+    replicated on every rank over :class:`~sqn_ray.collective.AllReduceOracle` (one all-reduce per oracle call),
+    the SG baseline all-reducing each mini-batch gradient (as DDP does)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+    import shutil
+    import tempfile
+
+    cfg = spec.workers
+    out = Queue(actor_options={"num_cpus": 0})
+    gpu = float(cfg["gpus_per_worker"])
+    storage = tempfile.mkdtemp(prefix="sqn-ray-scaling-")
+    config = {"spec": spec, "builder": builder, "m": m, "B": B, "out": out,
+              "threads": cfg["threads_per_worker"] or max(1, int(round(cfg["cpus_per_worker"])))}
+    trainer = TorchTrainer(
+        _train_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=k, use_gpu=gpu > 0,
+                                     resources_per_worker={"CPU": float(cfg["cpus_per_worker"]),
+                                                           **({"GPU": gpu} if gpu > 0 else {})}),
+        run_config=RunConfig(name=f"scaling-{spec.problem}-{k}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=0)))
+    try:
+        trainer.fit()
+        rows = out.get(timeout=60)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+    for row in rows:
+        what = "s-lsr1 iteration" if row["task"] == "s-lsr1-iteration" else "sg epoch"
+        log(f"  workers (train) {spec.problem} k={k} {what} {row['seconds']:.3f} s (all-reduce "
+            f"{row['overhead_seconds']:.3f} s, {row['collectives']:.1f} collectives, "
+            f"{row['values_allreduced'] / 1e6:.2f} M values per rank)")
+    return rows
+
+
+def _train_worker(config: dict) -> None:
+    """One rank of :func:`_measure_k_train`; rank 0 puts the rows in the queue."""
+    import ray.train
+    import torch.distributed as dist
+
+    import sqn_ray
+    from .collective import AllReduceOracle, CollectiveStats
+
+    spec, m, B = config["spec"], config["m"], config["B"]
+    cfg = spec.workers
+    context = ray.train.get_context()
+    rank, k = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(int(config["threads"]))
+    device = str(ray.train.torch.get_device()) if float(cfg["gpus_per_worker"]) > 0 else "cpu"
+    shard = config["builder"](rank, k, device)
+    sizes = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(k)]
+    dist.all_gather(sizes, torch.tensor([float(shard.n)], dtype=torch.float64, device=device))
+    sizes = [int(x[0]) for x in sizes]
+    n = sum(sizes)
+    oracle = AllReduceOracle(shard.oracle, shard.n, n)
+    common = {"problem": spec.problem, "workers": k, "n": n, "dim": oracle.dim, "dtype": spec.dtype, "device": device,
+              "threads_per_worker": torch.get_num_threads(), "host": socket.gethostname(),
+              "values_down": None, "values_up": None, "round_trips": None, "compute_cpu_seconds": None}
+    rows = []
+    snaps = []
+    w0 = _init(spec.problem, spec.dtype, cfg["seed"]).to(device)
+    res = sqn_ray.minimize(oracle, w0, "s-lsr1", memory=m, sampling="hvp", seed=cfg["seed"],
+                           max_iters=int(cfg["iterations"]) + 1,
+                           callback=lambda x, record: snaps.append((record["wall_time"], oracle.comm.snapshot(),
+                                                                    bool(record["accepted"]))) and False)
+    per = [(t1 - t0, CollectiveStats.delta(c1, c0), acc)
+           for (t0, c0, _), (t1, c1, acc) in zip(snaps[1:], snaps[2:])]  # iteration 1 is the warm-up
+    if not per:
+        raise RuntimeError(f"S-LSR1 ran {len(snaps) - 1} iteration(s) ({res.message}); need at least 2")
+    secs = [p[0] for p in per]
+    d = {key: sum(p[1][key] for p in per) / len(per) for key in per[0][1]}
+    rows.append({**common, "task": "s-lsr1-iteration", "seconds": statistics.median(secs), "seconds_min": min(secs),
+                 "repeats": len(secs), "memory": m, "sg_batch_size": None, "steps": None, "extrapolated": False,
+                 "accepted_fraction": sum(p[2] for p in per) / len(per),
+                 "compute_seconds": statistics.median(secs) - d["seconds"], "overhead_seconds": d["seconds"],
+                 "collectives": d["collectives"], "values_allreduced": d["values"], "samples": n * (1 + m)})
+    # one SG epoch, data parallel as DDP does it: every rank its B/k rows of the global batch, one all-reduce
+    per_epoch = max(1, n // B)
+    steps = per_epoch if cfg["sg_steps"] is None else min(int(cfg["sg_steps"]), per_epoch)
+    b = B // k + (rank < B % k)
+    c = min(b, shard.n) / B
+    row_oracles: dict = {}
+    sg = CollectiveStats()
+
+    def minibatch(w, step):
+        lo = (step * b) % max(shard.n - b + 1, 1)
+        part = row_oracles.get(lo)
+        if part is None:
+            part = row_oracles[lo] = shard.rows(lo, min(lo + b, shard.n))
+        f, g = part.loss_and_grad(w)
+        buf = torch.cat([g.reshape(-1), f.reshape(1).to(g.dtype)]) * c
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        _sync(device)
+        sg.add("minibatch", buf.numel(), buf.element_size(), time.perf_counter() - t0)
+        return buf[-1], buf[:-1]
+
+    w = w0.clone()
+    minibatch(w, 0)  # warm-up: row oracles, buffers
+    sg = CollectiveStats()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        _, g = minibatch(w, step)
+        w = w - cfg["sg_lr"] * g
+    _sync(device)
+    wall = time.perf_counter() - t0
+    scale = per_epoch / steps
+    rows.append({**common, "task": "sg-epoch", "seconds": wall * scale, "seconds_min": wall * scale, "repeats": 1,
+                 "memory": None, "sg_batch_size": B, "steps": steps, "extrapolated": steps < per_epoch,
+                 "accepted_fraction": None, "compute_seconds": (wall - sg.seconds) * scale,
+                 "overhead_seconds": sg.seconds * scale, "collectives": sg.collectives * scale,
+                 "values_allreduced": sg.values * scale, "samples": per_epoch * B})
+    if rank == 0:
+        config["out"].put(rows)
 
 
 def _measure_k(spec: ScalingSpec, builder, k: int, m: int, B: int, log) -> list[dict]:
@@ -466,15 +595,19 @@ def plot_scaling(out_dir: str | os.PathLike) -> dict[str, Path]:
         df = pd.read_parquet(out / "workers.parquet")
         fig, ax = plt.subplots(figsize=(5, 3.6))
         several = df["problem"].nunique() > 1
-        for (prob, task), g in df.groupby(["problem", "task"]):
+        if "path" not in df:  # written before the Ray Train path was measured
+            df["path"] = "actors"
+        for (prob, path, task), g in df.groupby(["problem", "path", "task"]):
             g = g.sort_values("workers")
-            ax.plot(g["workers"], g["seconds"], marker="o", label=f"{prob}: {task}" if several else task)
+            label = f"{task} ({path})"
+            ax.plot(g["workers"], g["seconds"], marker="o" if path == "train" else "s",
+                    ls="-" if path == "train" else "--", label=f"{prob}: {label}" if several else label)
             base = g[g["workers"] == g["workers"].min()]
             if len(base):
                 k0, t0 = int(base["workers"].iloc[0]), float(base["seconds"].iloc[0])
                 ax.plot(g["workers"], t0 * k0 / g["workers"], ls=":", color="grey")
-        ax.set(xscale="log", yscale="log", xlabel="workers (Ray actors, one shard each)", ylabel="seconds",
-               title="SG epoch vs S-LSR1 iteration (dotted: 1/k)")
+        ax.set(xscale="log", yscale="log", xlabel="workers (one shard each)", ylabel="seconds",
+               title="SG epoch vs S-LSR1 iteration (dotted: 1/k)\nactors: star gather; train: all-reduce")
         ax.set_xticks(sorted(df["workers"].unique()), labels=[str(k) for k in sorted(df["workers"].unique())])
         ax.legend(fontsize=8)
         written["workers_figure"] = _save(plt, fig, out / "workers.png")

@@ -112,7 +112,13 @@ TRIAL_COLUMNS = {
     "started_at": pa.float64(), "finished_at": pa.float64(), "restarts": pa.int64(), "resumed_from": pa.int64(),
     "metric": pa.string(),
     "metric_value": pa.float64(), "rank": pa.int64(),
+    # a data-parallel trial's communication (sqn_ray.study.data_parallel); null for a single-process trial
+    "comm_collectives": pa.int64(), "comm_values": pa.int64(), "comm_seconds": pa.float64(),
+    "replicas_agree": pa.bool_(),
 }
+#: what a trial's info adds to its trials.parquet row
+_INFO_COLUMNS = ("node_id", "node_ip", "hostname", "device", "gpu_ids", "cuda_visible_devices", "threads", "pid",
+                 "started_at", "comm_collectives", "comm_values", "comm_seconds", "replicas_agree")
 #: after the seed, in both files: the study stage of the trial (``"main"``: a plain study; a tuned study's
 #: ``"tuning"`` or ``"evaluation"``) and its configuration's number within its method (null in a plain study)
 STAGE_COLUMNS = {"stage": pa.string(), "tuning_config": pa.int64()}
@@ -925,8 +931,7 @@ class ResultStore:
         for t in trials:
             s = dict(t.summary) if t.finished else self._running_summary(t)
             info = t.info
-            s.update({k: info.get(k) for k in ("node_id", "node_ip", "hostname", "device", "gpu_ids",
-                                                 "cuda_visible_devices", "threads", "pid", "started_at")})
+            s.update({k: info.get(k) for k in _INFO_COLUMNS})
             rows.append(s)
         metric, mode = self.study.metric, self.study.mode
         key = METRIC_COLUMNS[metric]

@@ -37,7 +37,7 @@ from .results import LIVE, PARTS, ResultStore, variant_label
 from .outdir import STATE_FILE, StudyError, open_output_folder, read_state, tune_trial_statuses, write_state
 from .search import OptunaSpace, pending_trials, search_setup, trial_id_prefix  # noqa: F401 - OptunaSpace: its old home
 from .loggers import TENSORBOARD_DIR, logger_callbacks
-from .spec import StudySpec, StudySpecError
+from .spec import WORKERS_OPTION, StudySpec, StudySpecError
 from .trainable import StudyTrainable, cell_from_config, trial_dirname
 
 __all__ = ["run_study", "StudyError", "StudyOutcome", "init_ray", "shutdown_ray", "DEFAULT_OUT_ROOT"]
@@ -486,7 +486,8 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
     try:
         settings = {"budget": study.budget, "stop": study.stop, "dtype": study.dtype, "device": study.device,
                     "accuracy_every": study.accuracy_every, "report_interval": study.report_interval,
-                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"], "grid": study.grid,
+                    "lockstep": study.scheduler is not None, "cpus": study.resources["cpu"],
+                    "gpus": study.resources["gpu"], "grid": study.grid,
                     "checkpoint_every": study.checkpoint_every,
                     # checkpoints taken under this driver continue whatever rows it kept; an earlier driver's
                     # only up to the rows the folder holds (durable)
@@ -494,7 +495,7 @@ def _run_in(out: Path, study: StudySpec, *, address, resume, progress, num_cpus,
         trainable = tune.with_resources(
             tune.with_parameters(StudyTrainable, settings=settings, recorded=recorded, durable=store.durable_rows(),
                                  problems=cpu_problems, recipes=problems),
-            {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+            _resources_of(study))
         tuner = None
         if restore:
             try:
@@ -573,14 +574,55 @@ def _rebuild(out: Path, study: StudySpec, store: ResultStore, callback, why: str
     return keep
 
 
+def _resources_of(study: StudySpec):
+    """Tune's per-trial resources: the study's ``{"cpu", "gpu"}``, or, in a study with data-parallel trials, a
+    function of the trial's config (a k-worker trial's own actor takes almost nothing; Ray Train reserves its
+    workers, :func:`sqn_ray.study.data_parallel.trial_resources`)."""
+    resources = {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]}
+    if max(_worker_counts(study)) <= 1:
+        return resources
+    grid = study.grid
+
+    def per_trial(config):
+        from .data_parallel import trial_resources
+
+        workers = int(cell_from_config(config, grid)["options"].get(WORKERS_OPTION, 1))
+        return trial_resources(resources, workers)
+
+    return per_trial
+
+
+def _worker_counts(study: StudySpec) -> tuple[int, ...]:
+    workers = study.resources.get("workers", 1)
+    return tuple(workers) if isinstance(workers, (list, tuple)) else (int(workers),)
+
+
+def _concurrency(study: StudySpec) -> int | None:
+    """The study's cap on concurrent trials; with data-parallel trials, at most as many as the cluster has
+    workers' worth of resources (a k-worker trial's own actor takes almost nothing, so without a cap Tune would
+    start every trial's actor and worker-group request at once, each waiting for its workers)."""
+    if study.max_concurrent_trials is not None or max(_worker_counts(study)) <= 1:
+        return study.max_concurrent_trials
+    import ray
+
+    total = ray.cluster_resources()
+    caps = [total.get("CPU", 1.0) / study.resources["cpu"]]
+    if study.resources["gpu"] > 0:
+        caps.append(total.get("GPU", 0.0) / study.resources["gpu"])
+    return max(1, int(min(caps) + 1e-9))
+
+
 def _new_tuner(study: StudySpec, trainable, tune_root: Path, callback) -> tune.Tuner:
-    search, scheduler, num_samples = search_setup(study)
+    search, scheduler, num_samples = search_setup(study, _concurrency(study))
+    # A finished trial's actor waits, holding its resources, for a next trial of the same shape; a data-parallel
+    # trial's workers are Ray Train's, outside Tune's view, so a cached actor would hold the CPUs they wait for
+    reuse = max(_worker_counts(study)) <= 1
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(
             metric=study.metric, mode=study.mode, search_alg=search, scheduler=scheduler,
-            num_samples=num_samples, reuse_actors=True, max_concurrent_trials=study.max_concurrent_trials,
+            num_samples=num_samples, reuse_actors=reuse,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=EXPERIMENT, storage_path=str(tune_root), verbose=0,

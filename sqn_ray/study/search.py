@@ -142,8 +142,11 @@ def pending_trials(study: StudySpec):
         os.environ.pop(PENDING_VAR, None)
 
 
-def search_setup(study: StudySpec):
-    """(search algorithm, scheduler, num_samples) for the study's Tuner (its param_space stays empty)."""
+def search_setup(study: StudySpec, max_concurrent: int | None = None):
+    """(search algorithm, scheduler, num_samples) for the study's Tuner (its param_space stays empty).
+
+    ``max_concurrent``: a cap on running trials (Tune ignores its own ``max_concurrent_trials`` with a search
+    generator like this one, so the cap is a :class:`ConcurrencyLimiter`); ``search.max_concurrent`` wins."""
     from ray.tune.schedulers import ASHAScheduler
 
     scheduler = None
@@ -158,6 +161,7 @@ def search_setup(study: StudySpec):
                                 seed=study.search["seed"])
     else:
         searcher = CellSearcher(study)
-    if study.search["max_concurrent"]:
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=study.search["max_concurrent"])
+    limit = study.search["max_concurrent"] or max_concurrent
+    if limit:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=int(limit))
     return StudyTrialGenerator(searcher, trial_id_prefix(study)), scheduler, study.num_trials

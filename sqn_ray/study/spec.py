@@ -17,6 +17,8 @@ Layout (every key but ``problems`` and ``methods`` is optional)::
     budget: {iterations: 1000, grad_equivalents: null, wall_time: 60}
     stop: {accuracy: target}          # 'target' = the problem's target accuracy; or a number; or loss: 1e-4
     resources: {cpu: 1, gpu: 0}       # per trial; fractional gpu packs trials onto one device
+                                      # {workers: 2, cpu: 1, gpu: 1}: data parallel, cpu/gpu per worker;
+                                      # workers: [1, 2] sweeps it (a 'workers' column in the results)
     metric: {name: best_loss, mode: min}   # what Tune's search/scheduler and the ranking use
     search: {algorithm: grid, num_samples: 1, seed: 0}   # grid | random | optuna
     scheduler: {type: asha, time_attr: grad_equivalents, grace_period: 50, reduction_factor: 3}
@@ -90,7 +92,11 @@ TOP_KEYS = ("name", "description", "problems", "methods", "options", "seeds", "b
             "max_concurrent_trials", "report_interval", "checkpoint_every", "loggers", "tuning", "smoke")
 BUDGET_KEYS = ("iterations", "grad_equivalents", "wall_time")
 STOP_KEYS = ("accuracy", "loss")
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = ("cpu", "gpu", "workers")
+#: the most workers one data-parallel trial may span
+MAX_WORKERS = 1024
+#: the option a data-parallel study adds to every method's cells: how many workers its trial spans
+WORKERS_OPTION = "workers"
 SEARCH_KEYS = ("algorithm", "num_samples", "seed", "max_concurrent")
 TUNING_KEYS = ("trials", "seeds", "seed", "metric", "separate")
 #: what a study's trials are: a plain study's ("main"), or one of the two stages of a tuned study
@@ -812,6 +818,9 @@ class _Parser:
         if resources["gpu"] > 1 and not float(resources["gpu"]).is_integer():
             self.fail("resources.gpu", f"a fraction of one GPU or a whole number of GPUs, got {resources['gpu']}",
                       value=resources["gpu"])
+        workers = self.workers(spec.get("resources") or {}, problems, methods, tuned)
+        if workers is not None:  # only where given: the fingerprints of single-process studies stay as they were
+            resources["workers"] = list(workers) if len(workers) > 1 else workers[0]
 
         metric_spec = spec.get("metric", "loss")
         if isinstance(metric_spec, str):
@@ -843,6 +852,9 @@ class _Parser:
             self.fail("search.num_samples", "a grid runs every cell once; repeat it with more seeds, or use "
                                             "search.algorithm random or optuna")
         defaults = {m: dict(sqn_ray.method_options(m)) for m in methods}
+        if workers is not None:
+            for m in methods:
+                defaults[m][WORKERS_OPTION] = 1
         study = StudySpec(name=name, description=description, problems=problems, methods=methods, seeds=seeds,
                       budget=budget, stop=stop, resources=resources, metric=metric, mode=mode, search=search,
                       scheduler=scheduler, dtype=dtype, device=device, accuracy_every=accuracy_every,
@@ -908,6 +920,51 @@ class _Parser:
                                 f"{package} (or remove {name} from loggers)", value=name,
                           expected=f"an installed logger of: {_fmt(LOGGERS)}")
         return names
+
+    def workers(self, resources, problems, methods, tuned) -> tuple[int, ...] | None:
+        """``resources.workers``: how many workers (Ray Train, one data shard each) a trial spans, a count or a
+        list of counts (a grid axis: every method's cells get a ``workers`` option, a column of the results).
+        None when absent. A study with more than one worker adds the ``workers`` option to every method, so
+        a tuned study may not sweep it (it is not a hyperparameter), and the built-in problems that cannot be
+        split (the toy sets, logistic, mini-batch MNIST) are refused here; a plugin's problem is checked when
+        its trial builds it."""
+        if "workers" not in resources:
+            return None
+        value = resources["workers"]
+        listed = isinstance(value, list)
+        if listed and not value:
+            self.fail("resources.workers", "expected a worker count or a non-empty list of counts, got []",
+                      value=value, expected="a positive integer or a list of them")
+        counts: dict[int, int] = {}
+        for i, k in enumerate(value if listed else [value]):
+            path = f"resources.workers[{i}]" if listed else "resources.workers"
+            k = self.integer(k, path, low=1)
+            if k > MAX_WORKERS:
+                self.fail(path, f"{k:,} workers, over the limit of {MAX_WORKERS:,}", value=k)
+            if k in counts:
+                self.fail(path, f"{k} is listed twice (also resources.workers[{counts[k]}])", value=k,
+                          expected="each count once")
+            counts[k] = i
+        workers = tuple(counts)
+        if tuned and len(workers) > 1:
+            self.fail("resources.workers", "a tuned study runs every configuration on one worker count (the "
+                                           "count is not a hyperparameter); give one count", value=value)
+        if max(workers) > 1:
+            from sqn_ray.problems import FASHION_MNIST_PROBLEMS, MNIST_PROBLEMS, PROBLEMS
+            from sqn_ray.problems.mnist import parse_mnist_name
+
+            for i, name in enumerate(problems):
+                if name in self.extra_problems or name not in PROBLEMS:
+                    continue  # a notebook's or a plugin's problem: its trial says whether it has shards
+                if name not in MNIST_PROBLEMS + FASHION_MNIST_PROBLEMS or parse_mnist_name(name)[2] is not None:
+                    self.fail(f"problems[{i}]", f"{name!r} cannot be split across workers (a data-parallel "
+                                                f"trial needs a full-batch data set: mnist-mlp, mnist-cnn, their "
+                                                f"fashion- twins, or a problem with a shard method); "
+                                                f"resources.workers is {value!r}", value=name)
+        if listed or workers[0] > 1:
+            for axes in methods.values():
+                axes[WORKERS_OPTION] = workers
+        return workers
 
     def seeds(self, value, path: str = "seeds", first: int = 0) -> tuple[int, ...]:
         """A count k (seeds first..first+k-1) or a list of distinct seeds >= 0."""

@@ -144,12 +144,23 @@ def test_scaling_runner_writes_tidy_parquet(ray_local, tmp_path):
     assert len(tp) == 8 and set(tp["operation"]) == {"loss", "gradient", "hvp-batch", "grad-batch"}
     assert (tp["samples_per_second"] > 0).all()
     np.testing.assert_allclose(tp["samples_per_second"], tp["batch_size"] / tp["seconds"])
-    wk = pd.read_parquet(written["workers"])
-    assert sorted(zip(wk["task"], wk["workers"])) == [("s-lsr1-iteration", 1), ("s-lsr1-iteration", 2),
-                                                      ("sg-epoch", 1), ("sg-epoch", 2)]
+    every = pd.read_parquet(written["workers"])
+    # both engines, measured in the same run: the hand-written actors and Ray Train's all-reduce workers
+    assert sorted(zip(every["path"], every["task"], every["workers"])) == sorted(
+        (path, task, k) for path in ("actors", "train") for task in ("s-lsr1-iteration", "sg-epoch") for k in (1, 2))
+    wk = every[every["path"] == "actors"]
     sg = wk[wk["task"] == "sg-epoch"].set_index("workers")
     assert (sg["round_trips"] == 600 // 50).all() and sg["extrapolated"].all()
     # per epoch each worker receives w and sends back (f, g) once per step
-    assert sg.loc[2, "values_up"] == 2 * sg.loc[1, "values_up"] == 2 * 12 * (1 + wk["dim"].iloc[0])
+    d = int(wk["dim"].iloc[0])
+    assert sg.loc[2, "values_up"] == 2 * sg.loc[1, "values_up"] == 2 * 12 * (1 + d)
+    train = every[every["path"] == "train"]
+    sg = train[train["task"] == "sg-epoch"].set_index("workers")
+    # DDP's way: one all-reduce of (g, f) per step, whatever the number of workers
+    assert (sg["collectives"] == 12).all() and (sg["values_allreduced"] == 12 * (1 + d)).all()
+    it = train[train["task"] == "s-lsr1-iteration"].set_index("workers")
+    # an S-LSR1 iteration (Option II): one all-reduce of (g, f), one of the m HVPs, one of the trial loss
+    assert (it["collectives"] >= 2).all() and (it["values_allreduced"] >= (1 + d) + 2 * d).all()
+    assert (train["seconds"] > 0).all() and (train["overhead_seconds"] >= 0).all()
     assert "sqn_ray.scaling" in read_parquet_metadata(written["workers"])
     assert written["workers_figure"].stat().st_size > 0 and written["throughput_figure"].exists()
