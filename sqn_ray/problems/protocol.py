@@ -43,6 +43,9 @@ class ProblemProtocol(Protocol):
         metrics: optional ``metrics(w) -> dict`` of held-out metrics (``test_loss``, ``test_accuracy``), recorded
             by a study every ``accuracy_every`` iterations; absent or None when there is no test set.
         fun: optional ``fun(w) -> F(w)``, a plain differentiable definition of the same F.
+        shard: optional ``shard(rank, world) -> problem``, the same problem on block ``rank`` of ``world`` of the
+            training rows (:func:`shard_of`); a problem with one can run in data-parallel trials
+            (``resources: {workers: k}``). The MNIST full-batch problems and ModuleProblem have one.
     """
 
     name: str
