@@ -238,6 +238,7 @@ def _figure_tables(study: StudyResults, results: StudyResults) -> dict[str, list
             ("tuning_chosen", lambda: TU.chosen_table(results)),
             ("tuning_curve", lambda: TU.tuning_curve(results)),
         ] if results.tuned else [],
+        "fig9-heldout": [("heldout", lambda: T.heldout_table(study))],
     }
 
 
@@ -253,6 +254,8 @@ TABLE_TITLES = {
     "cost_ratios": "The cost claim at equal m: sampled / classical (S-LSR1 / LSR1, S-LBFGS / LBFGS), measured per "
                    "iteration and per accepted step, beside the poster's model and a projection (not a "
                    "measurement) with the m pair products ideally parallel",
+    "heldout": "Held-out metrics at each run's last evaluated iterate, and its epochs, iterations and wall time at "
+               "the end (medians over seeds)",
     "tuning_chosen": "The configuration chosen per method in the tuning stage, and the budget it was chosen with",
     "tuning_curve": "Tuning curves: each configuration's selection score and the best among the first k",
     "ranking": "Every configuration ranked per problem: most seeds at the target, then fewest gradient-equivalents "

@@ -332,6 +332,34 @@ def iteration_costs(study: StudyResults) -> pd.DataFrame:
 
 
 @_memo
+def heldout_table(study: StudyResults) -> pd.DataFrame:
+    """Per problem × config, where a study recorded held-out metrics: the medians over seeds of each run's last
+    evaluated row (test accuracy and loss, training accuracy) and of its epochs, iterations and wall time at the
+    end. Empty when no run has a test accuracy."""
+    cols = ["problem", "config", "trials", "median test accuracy", "median test loss", "median train accuracy",
+            "median epochs", "median iterations", "median wall s"]
+    it = study.iterations
+    if it.empty or "test_accuracy" not in it or pd.to_numeric(it["test_accuracy"], errors="coerce").notna().sum() == 0:
+        return pd.DataFrame(columns=cols)
+    it = it.sort_values(["trial_id", "iteration"])
+    last = it.groupby("trial_id").tail(1).set_index("trial_id")
+    evaluated = it[pd.to_numeric(it["test_accuracy"], errors="coerce").notna()].groupby("trial_id").tail(1)
+    evaluated = evaluated.set_index("trial_id")
+    per_run = pd.DataFrame({"problem": last["problem"], "config": last["config"],
+                            "test_accuracy": pd.to_numeric(evaluated["test_accuracy"], errors="coerce"),
+                            "test_loss": pd.to_numeric(evaluated.get("test_loss"), errors="coerce"),
+                            "accuracy": pd.to_numeric(evaluated["accuracy"], errors="coerce"),
+                            "epochs": last["epochs"], "iteration": last["iteration"], "wall_time": last["wall_time"]})
+    rows = []
+    for (problem, config), g in per_run.groupby(["problem", "config"], sort=False):
+        rows.append({"problem": problem, "config": config, "trials": len(g),
+                     "median test accuracy": _med(g["test_accuracy"]), "median test loss": _med(g["test_loss"]),
+                     "median train accuracy": _med(g["accuracy"]), "median epochs": _med(g["epochs"]),
+                     "median iterations": _med(g["iteration"]), "median wall s": _med(g["wall_time"])})
+    return _order(pd.DataFrame(rows, columns=cols), study)
+
+
+@_memo
 def cost_table(study: StudyResults) -> pd.DataFrame:
     """Per problem × config: median over seeds of the per-iteration mean cost, in ms by phase and in
     gradient-equivalents by kind, and the mean κ."""

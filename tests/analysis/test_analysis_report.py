@@ -209,3 +209,15 @@ def test_the_heldout_figure_draws_test_metrics_carried_forward_between_evaluatio
     filled = it.assign(test_accuracy=it.groupby("trial_id")["test_accuracy"].ffill())
     long = F.resample(filled, "wall_time", "test_accuracy", log=True)
     assert set(long["y"].dropna()) == {0.5}
+    # and its table: each run's last evaluated row and its end, medians over seeds, per problem x config
+    from analysis import tables as T
+
+    assert T.heldout_table(study).empty
+    table = T.heldout_table(with_test)
+    runs = it.groupby("trial_id").tail(1)
+    assert len(table) == runs.groupby(["problem", "config"]).ngroups and table["trials"].sum() == len(runs)
+    assert set(table["median test accuracy"]) == {0.5}
+    last_eval = it[every].sort_values("iteration").groupby("trial_id").tail(1)
+    first = table.iloc[0]
+    mine = last_eval[(last_eval["problem"] == first["problem"]) & (last_eval["config"] == first["config"])]
+    assert first["median test loss"] == pytest.approx(float(np.median(mine["loss"] * 1.1)))
