@@ -25,11 +25,26 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.distributed as dist
 
-__all__ = ["AllReduceOracle", "CollectiveStats", "weighted_mean", "agree_on_stop", "replicas_agree"]
+__all__ = ["AllReduceOracle", "CollectiveStats", "RunningTotals", "weighted_mean", "agree_on_stop", "replicas_agree"]
+
+
+class RunningTotals:
+    """:meth:`snapshot` and :meth:`delta` of a dataclass of running totals with a ``by_kind`` breakdown (the
+    communication records of both data-parallel engines: this module's and :mod:`sqn_ray.distributed`'s)."""
+
+    def snapshot(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_kind"}
+        out["by_kind"] = {k: dict(v) for k, v in self.by_kind.items()}
+        return out
+
+    @staticmethod
+    def delta(after: dict, before: dict) -> dict:
+        """Totals between two :meth:`snapshot` calls (``by_kind`` left out)."""
+        return {k: after[k] - before[k] for k in after if k != "by_kind"}
 
 
 @dataclass
-class CollectiveStats:
+class CollectiveStats(RunningTotals):
     """Cumulative communication of an :class:`AllReduceOracle` on one rank.
 
     ``collectives``: all-reduce calls; ``values``: floats each rank contributed (and received) in them;
@@ -52,16 +67,6 @@ class CollectiveStats:
         k["collectives"] += 1
         k["values"] += values
         k["seconds"] += seconds
-
-    def snapshot(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_kind"}
-        out["by_kind"] = {k: dict(v) for k, v in self.by_kind.items()}
-        return out
-
-    @staticmethod
-    def delta(after: dict, before: dict) -> dict:
-        """Totals between two :meth:`snapshot` calls (``by_kind`` left out)."""
-        return {k: after[k] - before[k] for k in after if k != "by_kind"}
 
 
 def _sync(device: torch.device) -> None:

@@ -28,12 +28,13 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .collective import RunningTotals
 # shards and weighted sums live with the problems (which use them too); their old home re-exports them
 from .problems.shards import MLPShards, Shard, ShardBuilder, WeightedSumOracle, chunked_oracle, shard_bounds
 
@@ -43,7 +44,7 @@ __all__ = ["Shard", "WeightedSumOracle", "DataParallelOracle", "CommStats", "sha
 
 # ------------------------------------------------------------------------------------------ communication
 @dataclass
-class CommStats:
+class CommStats(RunningTotals):
     """Cumulative communication and time of a :class:`DataParallelOracle` (all calls, all workers).
 
     ``values_down``/``values_up``: floats carried driver → workers / workers → driver, per worker link
@@ -85,16 +86,6 @@ class CommStats:
         k["values_up"] += up
         k["wall_seconds"] += wall
         k["compute_seconds"] += compute
-
-    def snapshot(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "by_kind"}
-        out["by_kind"] = {k: dict(v) for k, v in self.by_kind.items()}
-        return out
-
-    @staticmethod
-    def delta(after: dict, before: dict) -> dict:
-        """Totals between two :meth:`snapshot` calls (``by_kind`` left out)."""
-        return {k: after[k] - before[k] for k in after if k != "by_kind"}
 
 
 # ------------------------------------------------------------------------------------------------ workers
