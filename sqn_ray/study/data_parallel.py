@@ -110,8 +110,12 @@ def run_data_parallel(settings: dict, cell: dict, *, workers: int, channel, resu
                 else:
                     channel.put(item)
                 continue
-            if not fitting.is_alive() and up.empty():
-                break
+            if not fitting.is_alive():
+                try:
+                    if up.empty():
+                        break
+                except Exception:  # noqa: BLE001 - the queue is gone with the run: nothing more can come
+                    break
             if halted_at is not None and time.monotonic() - halted_at > _STOP_GRACE:
                 break  # the group never started (or hangs): the trial is stopped all the same
         fitting.join(timeout=1.0)

@@ -279,8 +279,13 @@ class StudyTrainable(tune.Trainable):
         if workers > 1:
             from .data_parallel import run_data_parallel
 
-            final = run_data_parallel(s, self._cell, workers=workers, channel=channel, resume=self._resume,
-                                      recipes=self._recipes, trial_id=self.trial_id, started=started)
+            try:
+                final = run_data_parallel(s, self._cell, workers=workers, channel=channel, resume=self._resume,
+                                          recipes=self._recipes, trial_id=self.trial_id, started=started)
+            except Exception as e:  # noqa: BLE001 - e.g. Ray Train missing or refusing the group: recorded
+                final = {"status": "failed", "stop_reason": "error", "info": {},
+                         "error": f"data-parallel trial on {workers} workers: {type(e).__name__}: {e}"[-4000:],
+                         "trial_time": time.time() - started, "finished_at": time.time()}
         else:
             def prepare(execution: TrialExecution):
                 threads = max(1, int(s["cpus"]))
