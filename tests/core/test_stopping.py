@@ -105,15 +105,16 @@ def test_solved_and_the_reasons_of_minimizes_own_stops():
 
 
 def test_the_three_callers_use_the_rules():
-    """`sqn-ray run`, `sqn-ray eigen` and the study trainable read the one object (no rule of their own)."""
+    """`sqn-ray run`, `sqn-ray eigen` and the study's trial loop read the one object (no rule of their own)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    for rel in ("sqn_ray/cli.py", "analysis/eigen.py", "sqn_ray/study/trainable.py"):
+    for rel in ("sqn_ray/cli.py", "analysis/eigen.py", "sqn_ray/study/execution.py"):
         text = (root / rel).read_text()
         assert "StopRules" in text and ".check(record" in text, rel
-    trainable = (root / "sqn_ray/study/trainable.py").read_text()
-    assert '"target_loss"' not in trainable and '"grad_equivalents"' not in trainable
+    for rel in ("sqn_ray/study/trainable.py", "sqn_ray/study/execution.py"):
+        text = (root / rel).read_text()
+        assert '"target_loss"' not in text and '"grad_equivalents"' not in text, rel
 
 
 def test_sqn_ray_run_stops_at_the_target_accuracy(tmp_path, capsys):
