@@ -69,9 +69,8 @@ def _describe(study) -> str:
         count = (f"{configs[method]} configuration(s)" if study.tuning is not None
                  else f"{len(study.method_cells(method))} cell(s)")
         lines.append(f"  {method}: {count}{': ' + axes if axes else ''}")
-    workers = study.resources.get("workers", 1)
-    if workers != 1:  # data-parallel trials: the resources are each worker's (Ray Train's workers)
-        counts = "|".join(map(str, workers)) if isinstance(workers, list) else str(workers)
+    if study.worker_counts != (1,):  # data-parallel trials: the resources are each worker's (Ray Train's workers)
+        counts = "|".join(map(str, study.worker_counts))
         lines.append(f"  resources: workers {counts} (data parallel, Ray Train), per worker cpu "
                      f"{study.resources['cpu']:g}, gpu {study.resources['gpu']:g} · metric: {study.metric} "
                      f"({study.mode})")

@@ -579,7 +579,7 @@ def _resources_of(study: StudySpec):
     function of the trial's config (a k-worker trial's own actor takes almost nothing; Ray Train reserves its
     workers, :func:`sqn_ray.study.data_parallel.trial_resources`)."""
     resources = {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]}
-    if max(_worker_counts(study)) <= 1:
+    if not study.data_parallel:
         return resources
     grid = study.grid
 
@@ -592,16 +592,11 @@ def _resources_of(study: StudySpec):
     return per_trial
 
 
-def _worker_counts(study: StudySpec) -> tuple[int, ...]:
-    workers = study.resources.get("workers", 1)
-    return tuple(workers) if isinstance(workers, (list, tuple)) else (int(workers),)
-
-
 def _concurrency(study: StudySpec) -> int | None:
     """The study's cap on concurrent trials; with data-parallel trials, at most as many as the cluster has
     workers' worth of resources (a k-worker trial's own actor takes almost nothing, so without a cap Tune would
     start every trial's actor and worker-group request at once, each waiting for its workers)."""
-    if study.max_concurrent_trials is not None or max(_worker_counts(study)) <= 1:
+    if study.max_concurrent_trials is not None or not study.data_parallel:
         return study.max_concurrent_trials
     import ray
 
@@ -616,7 +611,7 @@ def _new_tuner(study: StudySpec, trainable, tune_root: Path, callback) -> tune.T
     search, scheduler, num_samples = search_setup(study, _concurrency(study))
     # A finished trial's actor waits, holding its resources, for a next trial of the same shape; a data-parallel
     # trial's workers are Ray Train's, outside Tune's view, so a cached actor would hold the CPUs they wait for
-    reuse = max(_worker_counts(study)) <= 1
+    reuse = not study.data_parallel
     return tune.Tuner(
         trainable,
         param_space={},

@@ -315,7 +315,8 @@ class StudySpec:
         budget: ``{"iterations": int, "grad_equivalents": float | None, "wall_time": float | None}``
             (wall time in seconds).
         stop: ``{"accuracy": fraction | "target" | None, "loss": float | None}``.
-        resources: per trial, ``{"cpu": float, "gpu": float}``.
+        resources: per trial, ``{"cpu": float, "gpu": float}``, with ``"workers"`` (a count or a list of counts)
+            where the file gives it; then cpu and gpu are each worker's (:attr:`worker_counts` reads it).
         metric, mode: what Tune's search/scheduler and the ranking use (a name of :data:`METRICS`;
             ``"min"`` or ``"max"``).
         search: ``{"algorithm": "grid" | "random" | "optuna", "num_samples", "seed", "max_concurrent"}``.
@@ -373,6 +374,17 @@ class StudySpec:
     tuning: dict[str, Any] | None = None
     stage: str = "main"
     configurations: dict[str, tuple[tuple[int, dict], ...]] | None = field(default=None, repr=False)
+
+    @property
+    def worker_counts(self) -> tuple[int, ...]:
+        """The worker counts a trial may span (``resources.workers`` as a tuple; ``(1,)`` when absent)."""
+        workers = self.resources.get("workers", 1)
+        return tuple(workers) if isinstance(workers, (list, tuple)) else (int(workers),)
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether some trial spans more than one worker (Ray Train)."""
+        return max(self.worker_counts) > 1
 
     # ---------------------------------------------------------------- grid
     def grid_axes(self, method: str) -> dict[str, tuple]:
