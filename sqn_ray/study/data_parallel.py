@@ -129,8 +129,12 @@ def run_data_parallel(settings: dict, cell: dict, *, workers: int, channel, resu
         if final["status"] == "failed":
             final["error"] = _error_text(error) if error is not None else (
                 f"the {workers} workers of the trial ended without a result")
-    elif error is not None and final.get("status") != "failed":
-        final.update(status="failed", stop_reason="error", error=_error_text(error))
+    elif error is not None:
+        # Rank 0 failing in a collective is most often the echo of another rank's failure (gloo: "Connection
+        # closed by peer"): the group's error, which names each failed rank's own exception, comes first
+        rank0 = final.get("error") if final.get("status") == "failed" else None
+        text = _error_text(error) + (f"\nrank 0 (which sends the record): {rank0[-2000:]}" if rank0 else "")
+        final.update(status="failed", stop_reason="error", error=text)
     return final
 
 

@@ -20,6 +20,9 @@ def parse(**over):
 def test_a_worker_count_is_an_option_of_every_method():
     study = parse(resources={"workers": 2, "cpu": 1})
     assert study.resources == {"cpu": 1, "gpu": 0, "workers": 2}
+    assert study.worker_counts == (2,) and study.data_parallel
+    assert parse().worker_counts == (1,) and not parse().data_parallel
+    assert parse(resources={"workers": [1, 2]}).worker_counts == (1, 2)
     assert {c["options"]["workers"] for c in study.cells()} == {2}
     assert "workers" in study.option_names and study.defaults["lbfgs"]["workers"] == 1
 
@@ -68,7 +71,7 @@ def test_a_tuned_study_does_not_sweep_the_worker_count():
     assert {c["options"]["workers"] for c in parse(**tuned, resources={"workers": 2}).cells()} == {2}
 
 
-def _problem():
+def _problem(loss_fn=torch.nn.functional.cross_entropy):
     from torch import nn
 
     from sqn_ray.problems import ModuleProblem
@@ -80,8 +83,7 @@ def _problem():
     def net():
         return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
 
-    return ModuleProblem("blobs", net, torch.nn.functional.cross_entropy, X, y, test=(X[:50], y[:50]),
-                         dtype=torch.float64)
+    return ModuleProblem("blobs", net, loss_fn, X, y, test=(X[:50], y[:50]), dtype=torch.float64)
 
 
 @pytest.mark.slow
@@ -111,3 +113,23 @@ def test_a_study_mixing_one_and_two_worker_trials(ray_cluster, tmp_path):
         # training accuracy all-reduced over the shards, the test set's evaluated on rank 0: as one process
         np.testing.assert_allclose(dp["accuracy"], one["accuracy"], atol=1e-12)
         np.testing.assert_allclose(dp["test_accuracy"], one["test_accuracy"], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_failing_worker_fails_its_trial_with_the_error_and_the_study_goes_on(ray_cluster, tmp_path):
+    from sqn_ray.study.runner import run_study
+
+    def loss_failing_on_the_second_shard(out, target):  # 203 rows: shard 1 of 2 has 101, the whole set 203
+        if target.shape[0] == 101:
+            raise RuntimeError("the second shard's loss is broken")
+        return torch.nn.functional.cross_entropy(out, target)
+
+    study = {"name": "dp-fail", "problems": ["blobs"], "seeds": 1, "budget": {"iterations": 5}, "dtype": "float64",
+             "methods": {"lbfgs": {"memory": 4}}, "resources": {"workers": [1, 2], "cpu": 1}, "max_failures": 0}
+    outcome = run_study(study, tmp_path / "out", problems={"blobs": _problem(loss_failing_on_the_second_shard)},
+                        progress=False)
+    trials = pd.read_parquet(outcome.trials_path).set_index("workers")
+    assert trials.loc[1, "status"] == "budget" and trials.loc[1, "iterations"] == 5
+    assert trials.loc[2, "status"] == "failed"
+    # the root cause (rank 1's exception), not only rank 0's echo of it (gloo: "Connection closed by peer")
+    assert "the second shard's loss is broken" in trials.loc[2, "error"]
