@@ -9,17 +9,26 @@ hand-batched toy oracle, in units of ONE autograd loss+gradient of the same ``fu
 (b) Per HVP on the 784-100-10 sigmoid MLP as an ``nn.Module`` (random data, n = 10,000, float32, m = 16):
     (gradient + 16 HVPs at a new point − one gradient) / 16 / one gradient, one row per backend.
 (c) Whole run, Option I (``sampling="grad-diff"``) as in (a), one row per ``grads_backend``.
+(d) Why (a) stops where it does, and what compiling would buy: aten operations dispatched by one gradient, the
+    create_graph gradient and the 16-vector batched double backward of the user fun (eager autograd is bound
+    by their count on a net this small, not by FLOPs), and ``torch.compile`` of gradient + 16 HVPs
+    (``torch.func``: ``grad`` and ``vmap`` of ``jvp(grad)``): seconds to compile (in a fresh inductor cache
+    unless ``--warm-cache``), the compiled call's cost, and the run length from which it would pay. Opt-in
+    (``--only d``): the compile takes about a minute on 2 cores.
 
-Each figure is the median over seeds/rounds; gradients are timed around every run, so machine noise hits both.
+Each figure is the median over seeds/rounds; gradients are timed around every run (their mean over 0.3 s before
+and after it), so machine noise hits both alike.
 
     python bench/bench_generic.py            # all three (a few minutes on 2 cores)
     python bench/bench_generic.py --quick    # fewer seeds and rounds
-    python bench/bench_generic.py --only a   # one part (a, b or c)
+    python bench/bench_generic.py --only a   # one part (a, b or c; d only when asked for)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -32,11 +41,11 @@ from sqn_ray.problems.mlp import MLPOracle
 from sqn_ray.problems.toy import toy_user_fun
 from sqn_ray.problems.toy import toy_data, toy_sizes
 
-from _timing import seconds, sync  # noqa: E402 - bench/ is this script's own folder
+from _timing import mean_seconds, seconds, sync  # noqa: E402 - bench/ is this script's own folder
 
-
-
-
+#: seconds of gradients timed before and after each whole run: the unit averages over a stretch comparable to the
+#: run's own (a 60-iteration run takes about half a second here)
+UNIT_WINDOW = 0.3
 
 
 def gradient_call(fun, w):
@@ -71,14 +80,15 @@ def whole_run(fun, unit_fun, w0, sampling: str, iters: int, device, **backend) -
     """(seconds per iteration of one whole minimize call of ``fun``, seconds per gradient of ``unit_fun``
     around it, iterations)."""
     grad = gradient_call(unit_fun, w0)
-    before = seconds(grad, device, 15)
+    grad()
+    before = mean_seconds(grad, device, UNIT_WINDOW)
     sync(device)
     t0 = time.perf_counter()
     result = minimize(fun, w0, "s-lsr1", memory=16, sampling=sampling, max_iters=iters, **backend)
     sync(device)
     run = time.perf_counter() - t0
-    after = seconds(grad, device, 15)
-    return run / max(result.nit, 1), statistics.median([before, after]), result.nit
+    after = mean_seconds(grad, device, UNIT_WINDOW)
+    return run / max(result.nit, 1), (before + after) / 2, result.nit
 
 
 def part_whole_run(sampling: str, backends: list[str], seeds: int, iters: int, device) -> None:
@@ -157,10 +167,82 @@ def part_per_hvp(backends: list[str], rounds: int, n: int, m: int, device) -> No
         print(f"| {name:44s} | {statistics.median(ratios[name]):7.2f} | {picked} |", flush=True)
 
 
+# -------------------------------------------------------------------------------------------------- (d)
+def aten_ops(fn) -> int:
+    """How many aten operations one call of ``fn`` dispatches (torch.profiler, CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
+def part_bound_and_compile(m: int, rounds: int, warm_cache: bool, device) -> None:
+    dtype = torch.float32
+    problem = get_problem("toy-large", dtype=dtype, device=device)
+    fun, w = user_toy_fun(dtype, device), problem.init(0)
+    V = torch.randn(problem.dim, m, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+    VT = V.T.contiguous()
+    unit = gradient_call(fun, w)
+
+    def graph():
+        x = w.detach().requires_grad_(True)
+        return x, torch.autograd.grad(fun(x), x, create_graph=True)[0]
+
+    x, g = graph()
+
+    def double_backward():
+        torch.autograd.grad(g, x, grad_outputs=VT, retain_graph=True, is_grads_batched=True)
+
+    def eager_block():  # what hvp_backend="batched" does at a new point
+        x, g = graph()
+        torch.autograd.grad(g, x, grad_outputs=VT, is_grads_batched=True)
+
+    grad_fn = torch.func.grad(fun)
+
+    def block(w, V):
+        hvp = torch.func.vmap(lambda v: torch.func.jvp(grad_fn, (w,), (v,))[1], in_dims=1, out_dims=1)
+        return grad_fn(w), hvp(V)
+
+    print(f"\n(d) the bound, toy large d = {problem.dim} as a user fun, m = {m}, float32, "
+          f"{torch.get_num_threads()} thread(s)")
+    print("| call | aten ops | / gradient's | ms | / gradient |")
+    print("|---|---:|---:|---:|---:|")
+    g_ms, base = 1e3 * seconds(unit, device, 30, warmup=True), aten_ops(unit)
+    print(f"| gradient (the unit) | {base} | 1.00 | {g_ms:.2f} | 1.00 |")
+    for name, fn in [("create_graph gradient", graph),
+                     (f"batched double backward, {m} vectors", double_backward),
+                     (f"create_graph gradient + {m} HVPs (eager, batched)", eager_block)]:
+        ms = 1e3 * seconds(fn, device, 30, warmup=True)
+        ops = aten_ops(fn)
+        print(f"| {name} | {ops} | {ops / base:.2f} | {ms:.2f} | {ms / g_ms:.2f} |", flush=True)
+    cache = None if warm_cache else tempfile.mkdtemp(prefix="sqn-ray-inductor-")
+    if cache is not None:  # a cold compile, as a user's first run (or a fresh Ray worker) pays it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    compiled = torch.compile(block, dynamic=False)
+    t0 = time.perf_counter()
+    compiled(w, V)
+    sync(device)
+    compile_s = time.perf_counter() - t0
+    eager, fast = [], []
+    for _ in range(rounds):
+        g = seconds(unit, device, 15)
+        eager.append(seconds(eager_block, device, 15) / g)
+        fast.append(seconds(lambda: compiled(w, V), device, 15) / g)
+        g_ms = 1e3 * g
+    eager_r, fast_r = statistics.median(eager), statistics.median(fast)
+    saved_s = (eager_r - fast_r) * g_ms / 1e3
+    pays = f"{compile_s / saved_s:,.0f}" if saved_s > 0 else "never"
+    print(f"\ntorch.compile of gradient + {m} HVPs ({'warm' if warm_cache else 'fresh'} inductor cache): "
+          f"{compile_s:.1f} s to compile; a call costs {fast_r:.2f} gradients against {eager_r:.2f} eager "
+          f"(median of {rounds} rounds); it pays from about {pays} iterations of one run")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer seeds and rounds")
-    ap.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these parts")
+    ap.add_argument("--only", choices=("a", "b", "c", "d"), action="append", help="run only these parts")
+    ap.add_argument("--warm-cache", action="store_true", help="(d): keep inductor's cache (default: a fresh one)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=60)
@@ -177,6 +259,8 @@ def main(argv=None) -> None:
         part_per_hvp([b for b in backends if b != "auto"] + ["auto"], 3 if args.quick else 5, args.mlp_n, 16, device)
     if "c" in parts:
         part_whole_run("grad-diff", ["auto", "vmap", "loop"], 3 if args.quick else 5, args.iters, device)
+    if "d" in parts:
+        part_bound_and_compile(16, 3 if args.quick else 5, args.warm_cache, device)
 
 
 if __name__ == "__main__":
