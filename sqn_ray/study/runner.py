@@ -222,7 +222,9 @@ class StudyCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.store is not None and not self.store.is_finished(trial.trial_id):
             known = self.store.trials.get(trial.trial_id)
-            text = worker_death_text(_tune_error_text(trial), known.info if known is not None else {})
+            ray_text = _tune_error_text(trial)
+            text = (unimportable_text(ray_text, self.study.problems)
+                    or worker_death_text(ray_text, known.info if known is not None else {}))
             self.store.finish(trial.trial_id, self._cell(trial),
                               {"status": "failed", "stop_reason": "worker_died", "error": text})
 
@@ -253,6 +255,27 @@ def _tune_error_text(trial) -> str:
         return str(trial.get_error() or "")
     except Exception:  # noqa: BLE001 - only a message is at stake
         return ""
+
+
+def unimportable_text(ray_text: str, problems) -> str | None:
+    """When the trial's actor died because its node could not import a module (the driver could: it pickled the
+    problem), what to do about it, naming the problem plugin the module belongs to; None for any other error.
+    The classic case: a plugin installed where the study was started but not on the cluster's nodes."""
+    m = re.search(r"No module named '([\w.]+)'", ray_text)
+    if m is None:
+        return None
+    module = m.group(1)
+    ip = re.search(r"\bip: ([0-9a-fA-F.:]+)", ray_text)
+    where = f"the node{f' at {ip.group(1)}' if ip else ''} running this trial"
+    from sqn_ray.problems import PROBLEMS
+    from sqn_ray.problems.plugins import describe, plugin_entry_points
+
+    for name, ep in plugin_entry_points(PROBLEMS).items():
+        if name in problems and ep.value.split(":")[0].split(".")[0] == module.split(".")[0]:
+            return (f"{where} cannot import module {module!r} of problem {name!r} (plugin {describe(ep)}): install "
+                    "the plugin on every node (cluster.yaml's setup_commands), then resume the study")
+    return (f"{where} cannot import module {module!r}, which the driver could (ModuleNotFoundError): install it on "
+            "every node (cluster.yaml's setup_commands), then resume the study")
 
 
 def worker_death_text(ray_text: str, info: dict) -> str:

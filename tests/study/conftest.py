@@ -19,23 +19,36 @@ STUDIES = ROOT / "studies"
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
     from sqn_ray import ray_session
 
+    # The nodes' own site folder (``cluster.site``, on their PYTHONPATH, empty at first): what a test installs
+    # there is installed on every node of the cluster, as cluster.yaml's setup commands install a plugin, and
+    # not in the test process
+    site = tmp_path_factory.mktemp("cluster-site")
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), before) if p)
     # as safe as an embedded study's Ray: loopback only, token auth on (drivers started by the tests inherit
     # RAY_AUTH_MODE=token and read the token from ~/.ray/auth_token)
     ray_session.embedded_auth()
-    with ray_session.loopback_only():
-        node = {"node_ip_address": ray_session.LOOPBACK, "object_store_memory": 100 * 1024**2}
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
-                                                                "include_dashboard": False, **node})
-        workers = [cluster.add_node(num_cpus=1, num_gpus=1, **node) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        with ray_session.loopback_only():
+            node = {"node_ip_address": ray_session.LOOPBACK, "object_store_memory": 100 * 1024**2}
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
+                                                                    "include_dashboard": False, **node})
+            workers = [cluster.add_node(num_cpus=1, num_gpus=1, **node) for _ in range(2)]
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, log_to_driver=False)
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
     cluster.worker_node_ids = {w.node_id for w in workers}
+    cluster.site = site
     yield cluster
     ray.shutdown()
     cluster.shutdown()

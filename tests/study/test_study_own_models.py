@@ -99,3 +99,77 @@ def test_a_study_file_naming_the_plugin_runs_end_to_end(installed_example, tmp_p
     problems = json.loads(json.dumps(read_metadata(out / "iterations.parquet")["sqn_ray.problems"]))
     assert problems["digits-cnn"]["d"] == 1066 and problems["digits-cnn"]["n"] == 1500
     assert problems["digits-cnn"]["target_accuracy"] == 1.0
+
+
+def _install_example(target: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=300)
+
+
+def _plugin_study(tmp_path: Path) -> Path:
+    study = tmp_path / "digits-cluster.yaml"
+    study.write_text("name: digits-cluster\nproblems: [digits-cnn]\nseeds: 1\nmethods: {s-lsr1: {memory: 4}, "
+                     "lbfgs: {memory: 4}}\nbudget: {iterations: 4}\ndtype: float32\nreport_interval: 0.2\n"
+                     "max_failures: 0\n")
+    return study
+
+
+def _run_on(cluster, study: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sqn_ray.study", "run", str(study), "--out", str(out),
+                           "--address", cluster.address, "--quiet"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_plugin_study_runs_on_a_cluster_whose_nodes_have_it(ray_cluster, subprocess_env, tmp_path):
+    _install_example(ray_cluster.site)  # every node has it (the cluster's site folder), the driver too
+    env = dict(subprocess_env, PYTHONPATH=os.pathsep.join([str(ray_cluster.site), subprocess_env["PYTHONPATH"]]))
+    out = tmp_path / "out"
+    run = _run_on(ray_cluster, _plugin_study(tmp_path), out, env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert set(trials.status) == {"budget"} and (trials.iterations == 4).all()
+    assert set(trials.node_id) <= ray_cluster.worker_node_ids  # the trials ran on the worker nodes
+
+
+DRIVER_ONLY_PLUGIN = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sqn_ray.problems import ModuleProblem
+
+
+class Net(nn.Module):  # a module-level class: pickled by reference, so a node must be able to import it
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def make():
+    X = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    return ModuleProblem("lonely-net", Net, F.cross_entropy, X, (X[:, 0] > 0).long())
+"""
+
+
+def test_a_plugin_the_nodes_lack_fails_its_trials_naming_the_package(ray_cluster, subprocess_env, tmp_path):
+    site = tmp_path / "driver-site"  # on the driver's path only, not the nodes'
+    (site / "lonelyplug-0.1.dist-info").mkdir(parents=True)
+    (site / "lonelyplug.py").write_text(DRIVER_ONLY_PLUGIN)
+    (site / "lonelyplug-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: lonelyplug\n"
+                                                                 "Version: 0.1\n")
+    (site / "lonelyplug-0.1.dist-info" / "entry_points.txt").write_text(
+        "[sqn_ray.problems]\nlonely-net = lonelyplug:make\n")
+    env = dict(subprocess_env, PYTHONPATH=os.pathsep.join([str(site), subprocess_env["PYTHONPATH"]]))
+    study = tmp_path / "lonely.yaml"
+    study.write_text("name: lonely\nproblems: [lonely-net]\nseeds: 1\nmethods: {gd: {lr: 0.1}}\n"
+                     "budget: {iterations: 3}\nmax_failures: 0\n")
+    out = tmp_path / "out"
+    run = _run_on(ray_cluster, study, out, env)
+    assert run.returncode == 0, run.stderr[-3000:]  # the study ends, its failed trial recorded
+    (trial,) = pd.read_parquet(out / "trials.parquet").to_dict("records")
+    assert trial["status"] == "failed"
+    assert ("cannot import module 'lonelyplug' of problem 'lonely-net' (plugin 'lonely-net = lonelyplug:make' from "
+            "lonelyplug 0.1): install the plugin on every node") in trial["error"], trial["error"]

@@ -292,3 +292,14 @@ def test_worker_death_texts():
     text = worker_death_text(exited, {})
     assert text == ("the trial's worker process (pid 81) died on 10.1.2.4: Ray: INTENDED_USER_EXIT: Worker exits by "
                     "an user request.")
+
+
+def test_a_module_a_node_cannot_import_is_named_with_the_fix():
+    from sqn_ray.study.runner import unimportable_text
+
+    ray_text = ("ray.exceptions.ActorDiedError: The actor died because of an error raised in its creation task, "
+                "pid: 12, ip: 10.1.2.5\n  ModuleNotFoundError: No module named 'mylab_models.nets'")
+    assert unimportable_text(ray_text, ("toy-small",)) == (
+        "the node at 10.1.2.5 running this trial cannot import module 'mylab_models.nets', which the driver could "
+        "(ModuleNotFoundError): install it on every node (cluster.yaml's setup_commands), then resume the study")
+    assert unimportable_text("RuntimeError: CUDA out of memory", ("toy-small",)) is None
