@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,10 +115,10 @@ def _plugin_study(tmp_path: Path) -> Path:
     return study
 
 
-def _run_on(cluster, study: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
+def _run_on(cluster, study: Path, out: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sqn_ray.study", "run", str(study), "--out", str(out),
-                           "--address", cluster.address, "--quiet"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+                           "--address", cluster.address, "--quiet", *extra], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_a_plugin_study_runs_on_a_cluster_whose_nodes_have_it(ray_cluster, subprocess_env, tmp_path):
@@ -173,3 +174,8 @@ def test_a_plugin_the_nodes_lack_fails_its_trials_naming_the_package(ray_cluster
     assert trial["status"] == "failed"
     assert ("cannot import module 'lonelyplug' of problem 'lonely-net' (plugin 'lonely-net = lonelyplug:make' from "
             "lonelyplug 0.1): install the plugin on every node") in trial["error"], trial["error"]
+    shutil.copytree(site, ray_cluster.site, dirs_exist_ok=True)  # installed on the nodes now: as the message says,
+    run = _run_on(ray_cluster, study, out, env, "--resume")      # resuming reruns the failed trial
+    assert run.returncode == 0, run.stderr[-3000:]
+    (trial,) = pd.read_parquet(out / "trials.parquet").to_dict("records")
+    assert trial["status"] == "budget" and trial["iterations"] == 3 and pd.isna(trial["error"])
