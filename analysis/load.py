@@ -40,7 +40,7 @@ import pyarrow as pa
 from sqn_ray.io import read_parquet_metadata as read_metadata  # one reader for every Parquet the project writes
 from sqn_ray.optim.registry import METHODS, method_family, methods_of
 from sqn_ray.records import RECORD_FIELDS
-from sqn_ray.study.results import ACCURACY, record_arrow_schema
+from sqn_ray.study.results import ACCURACY, ID_COLUMNS, TRIAL_COLUMNS, record_arrow_schema
 
 __all__ = ["StudyResults", "load_results", "read_metadata", "load_eigen", "problem_size", "config_label",
            "options_text", "family", "METHOD_ORDER", "SAMPLED", "CLASSICAL", "ANCHORS", "LN2", "ITERATIONS_FILE",
@@ -74,14 +74,8 @@ ITERATION_COLUMNS = tuple(f.name for f in record_arrow_schema()
 #: every per-iteration column the platform writes for the record (never a hyperparameter)
 _RECORD_COLUMNS = frozenset(f.name for f in record_arrow_schema())
 #: trials.parquet columns that are results or bookkeeping, not hyperparameters
-_TRIAL_RESULT_COLUMNS = {
-    "study", "trial_id", "cell", "variant", "problem", "method", "seed", "status", "stop_reason", "error",
-    "optimizer_status", "message", "final_loss", "best_loss", "final_accuracy", "best_accuracy", "final_grad_norm",
-    "iterations", "grad_equivalents", "epochs", "target_accuracy", "iters_to_target", "grad_equivalents_to_target",
-    "wall_time_to_target", "wall_time", "trial_time", "node_id", "node_ip", "hostname", "device", "gpu_ids",
-    "cuda_visible_devices", "threads", "pid", "started_at", "finished_at", "metric", "metric_value", "rank",
-    "restarts", "resumed_from", *STAGE_COLUMNS,
-}
+#: (the platform's own list, so that a column it adds, such as a data-parallel trial's, is never taken for one)
+_TRIAL_RESULT_COLUMNS = {*ID_COLUMNS, "seed", *TRIAL_COLUMNS, *STAGE_COLUMNS}
 _OPTION_SHORT = {"memory": "m", "radius": "r"}
 
 

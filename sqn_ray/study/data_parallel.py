@@ -135,6 +135,8 @@ def run_data_parallel(settings: dict, cell: dict, *, workers: int, channel, resu
         rank0 = final.get("error") if final.get("status") == "failed" else None
         text = _error_text(error) + (f"\nrank 0 (which sends the record): {rank0[-2000:]}" if rank0 else "")
         final.update(status="failed", stop_reason="error", error=text)
+    # rank 0 timed its own run only: the trial's time is the whole of it, its worker group's start and end included
+    final["trial_time"] = time.time() - started
     return final
 
 

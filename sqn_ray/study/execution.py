@@ -122,6 +122,10 @@ class TrialExecution:
         options = {k: v for k, v in cell["options"].items() if k != WORKERS_OPTION}
         try:
             problem = self.problem = prepare(self)
+            # from the trial's start to its first iteration: the problem's build and, on a data-parallel trial,
+            # the start of its worker group (tens of seconds: what a study of many such trials pays for each)
+            if "started_at" in self.info:
+                self.info["startup_seconds"] = time.time() - self.info["started_at"]
             # 'target' is the problem's own target accuracy (None for problems without one: no accuracy rule)
             rules = StopRules.from_study(s["budget"], s["stop"], target_accuracy=problem.target_accuracy)
             self.info["problem_target_accuracy"] = problem.target_accuracy

@@ -14,7 +14,9 @@
   ``iterations``, ``grad_equivalents``, ``target_accuracy``, ``iters_to_target``,
   ``grad_equivalents_to_target``, ``wall_time_to_target``, ``wall_time``, ``node_id``, ``node_ip``,
   ``hostname``, ``device``, ``gpu_ids``, ``threads``, ``restarts`` (worker deaths retried),
-  ``metric``/``metric_value``/``rank``.
+  ``metric``/``metric_value``/``rank``; ``trial_time`` (seconds from the trial's start to its end) and
+  ``startup_seconds`` (from its start to its first iteration: the problem's build and, on a data-parallel
+  trial, its worker group's start).
 
 Both files carry, in the Parquet schema metadata, ``sqn_ray.study`` (the normalized study, JSON, without
 its description), ``sqn_ray.study_yaml`` (the file as written), ``sqn_ray.problems`` (JSON: each problem's
@@ -115,10 +117,11 @@ TRIAL_COLUMNS = {
     # a data-parallel trial's communication (sqn_ray.study.data_parallel); null for a single-process trial
     "comm_collectives": pa.int64(), "comm_values": pa.int64(), "comm_seconds": pa.float64(),
     "replicas_agree": pa.bool_(),
+    "startup_seconds": pa.float64(),
 }
 #: what a trial's info adds to its trials.parquet row
 _INFO_COLUMNS = ("node_id", "node_ip", "hostname", "device", "gpu_ids", "cuda_visible_devices", "threads", "pid",
-                 "started_at", "comm_collectives", "comm_values", "comm_seconds", "replicas_agree")
+                 "started_at", "comm_collectives", "comm_values", "comm_seconds", "replicas_agree", "startup_seconds")
 #: after the seed, in both files: the study stage of the trial (``"main"``: a plain study; a tuned study's
 #: ``"tuning"`` or ``"evaluation"``) and its configuration's number within its method (null in a plain study)
 STAGE_COLUMNS = {"stage": pa.string(), "tuning_config": pa.int64()}

@@ -69,3 +69,14 @@ def test_the_results_names_say_which_study_and_the_earlier_names_still_work():
 
     assert load.Study is load.StudyResults and load.load_study is load.load_results
     assert analysis.load_study is load.load_results and analysis.Study is load.StudyResults
+
+
+def test_without_cell_json_every_column_the_platform_writes_is_a_result_not_an_option():
+    import pandas as pd
+
+    from analysis.load import _option_columns
+    from sqn_ray.study.results import TRIAL_COLUMNS
+
+    trials = pd.DataFrame([{**{c: None for c in TRIAL_COLUMNS}, "method": "s-lsr1", "seed": 0, "memory": 4,
+                            "lr_decay": 0.5}])
+    assert _option_columns(trials, pd.DataFrame()) == ["lr_decay", "memory"]  # not comm_*, startup_seconds, ...

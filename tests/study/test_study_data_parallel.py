@@ -103,6 +103,9 @@ def test_a_study_mixing_one_and_two_worker_trials(ray_cluster, tmp_path):
     assert two["replicas_agree"].all() and trials[trials["workers"] == 1]["replicas_agree"].isna().all()
     assert (two["comm_collectives"] > 12).all() and (two["comm_values"] > 0).all() and (two["comm_seconds"] > 0).all()
     assert set(two["device"]) == {"cpu"} and (trials["problem"] == "blobs").all()
+    # a 2-worker trial's start-up (its worker group) is its own column, and inside its trial_time
+    assert (trials["startup_seconds"] > 0).all() and (trials["trial_time"] > trials["startup_seconds"]).all()
+    assert (two["startup_seconds"] > trials[trials["workers"] == 1]["startup_seconds"].max()).all()
     for (method, sampling), group in rows.groupby(["method", "sampling"], dropna=False):
         one = group[group["workers"] == 1].sort_values("iteration")
         dp = group[group["workers"] == 2].sort_values("iteration")
