@@ -133,7 +133,9 @@ def run_data_parallel(settings: dict, cell: dict, *, workers: int, channel, resu
         # Rank 0 failing in a collective is most often the echo of another rank's failure (gloo: "Connection
         # closed by peer"): the group's error, which names each failed rank's own exception, comes first
         rank0 = final.get("error") if final.get("status") == "failed" else None
-        text = _error_text(error) + (f"\nrank 0 (which sends the record): {rank0[-2000:]}" if rank0 else "")
+        failed = getattr(error, "worker_failures", None) or {}
+        echo = rank0 and 0 not in failed  # rank 0's own failure is already among the group's
+        text = _error_text(error) + (f"\nrank 0 (which sends the record): {rank0[-2000:]}" if echo else "")
         final.update(status="failed", stop_reason="error", error=text)
     # rank 0 timed its own run only: the trial's time is the whole of it, its worker group's start and end included
     final["trial_time"] = time.time() - started
@@ -141,6 +143,12 @@ def run_data_parallel(settings: dict, cell: dict, *, workers: int, channel, resu
 
 
 def _error_text(e: BaseException) -> str:
+    """The worker group's error: each failed rank's own exception (Ray Train's ``worker_failures``), the start
+    of each kept, where the root cause is; any other error of the group as it reads."""
+    failures = getattr(e, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        ranks = "\n".join(f"rank {rank}: {type(x).__name__}: {x}"[:1500] for rank, x in sorted(failures.items()))
+        return f"data-parallel workers: {type(e).__name__}, {len(failures)} failed:\n{ranks}"[:6000]
     return f"data-parallel workers: {type(e).__name__}: {e}"[-4000:]
 
 

@@ -16,7 +16,8 @@
   ``hostname``, ``device``, ``gpu_ids``, ``threads``, ``restarts`` (worker deaths retried),
   ``metric``/``metric_value``/``rank``; ``trial_time`` (seconds from the trial's start to its end) and
   ``startup_seconds`` (from its start to its first iteration: the problem's build and, on a data-parallel
-  trial, its worker group's start).
+  trial, its worker group's start, read on rank 0's clock against the trial actor's: nodes' clocks must agree,
+  as NTP keeps them, to well under the tens of seconds it measures).
 
 Both files carry, in the Parquet schema metadata, ``sqn_ray.study`` (the normalized study, JSON, without
 its description), ``sqn_ray.study_yaml`` (the file as written), ``sqn_ray.problems`` (JSON: each problem's

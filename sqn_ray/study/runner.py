@@ -246,15 +246,23 @@ class StudyCallback(tune.Callback):
 
 
 def _tune_error_text(trial) -> str:
-    """The text of the trial's last error as Tune wrote it (its local error file, else its storage copy)."""
+    """The text of the trial's last error as Tune wrote it (its local error file, else its storage copy). Tune
+    appends every failure of a trial to one file, each under a ``Failure # N`` line: only the last one is this
+    error (an earlier one, retried or resumed from, would otherwise be reported again)."""
     try:
-        return Path(trial.error_file).read_text()[-20000:]
+        text = Path(trial.error_file).read_text()
     except (OSError, TypeError, AttributeError):
-        pass
-    try:
-        return str(trial.get_error() or "")
-    except Exception:  # noqa: BLE001 - only a message is at stake
-        return ""
+        try:
+            text = str(trial.get_error() or "")
+        except Exception:  # noqa: BLE001 - only a message is at stake
+            return ""
+    return last_failure(text)[-20000:]
+
+
+def last_failure(text: str) -> str:
+    """The last of the failures in a Tune error file's text (all of it when it has no ``Failure # N`` line)."""
+    heads = list(re.finditer(r"^Failure # \d+.*$", text, flags=re.M))
+    return text[heads[-1].end():].lstrip("\n") if heads else text
 
 
 def unimportable_text(ray_text: str, problems) -> str | None:

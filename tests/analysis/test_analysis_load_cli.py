@@ -75,8 +75,8 @@ def test_without_cell_json_every_column_the_platform_writes_is_a_result_not_an_o
     import pandas as pd
 
     from analysis.load import _option_columns
-    from sqn_ray.study.results import TRIAL_COLUMNS
+    from sqn_ray.study.results import ID_COLUMNS, STAGE_COLUMNS, TRIAL_COLUMNS
 
-    trials = pd.DataFrame([{**{c: None for c in TRIAL_COLUMNS}, "method": "s-lsr1", "seed": 0, "memory": 4,
-                            "lr_decay": 0.5}])
+    written = {c: None for c in (*ID_COLUMNS, "seed", *STAGE_COLUMNS, *TRIAL_COLUMNS)}
+    trials = pd.DataFrame([{**written, "method": "s-lsr1", "seed": 0, "memory": 4, "lr_decay": 0.5}])
     assert _option_columns(trials, pd.DataFrame()) == ["lr_decay", "memory"]  # not comm_*, startup_seconds, ...

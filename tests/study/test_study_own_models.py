@@ -64,8 +64,7 @@ def test_a_study_from_a_mapping_refuses_an_unknown_problem_before_ray(tmp_path):
 def installed_example(tmp_path_factory):
     """The example plugin installed as pip installs it (into a target folder: the test environment stays clean)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=300)
+    _install_example(target)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT), env.get("PYTHONPATH", "")])
     env.pop("RAY_ADDRESS", None)
@@ -121,9 +120,18 @@ def _run_on(cluster, study: Path, out: Path, env: dict, *extra: str) -> subproce
                           capture_output=True, text=True, timeout=600)
 
 
-def test_a_plugin_study_runs_on_a_cluster_whose_nodes_have_it(ray_cluster, subprocess_env, tmp_path):
-    _install_example(ray_cluster.site)  # every node has it (the cluster's site folder), the driver too
-    env = dict(subprocess_env, PYTHONPATH=os.pathsep.join([str(ray_cluster.site), subprocess_env["PYTHONPATH"]]))
+@pytest.fixture
+def cluster_site(ray_cluster):
+    """The test cluster's nodes' site folder, emptied again after the test (what a test installs on the nodes
+    stays out of the other tests, and the test can run again in the same session)."""
+    yield ray_cluster.site
+    for entry in ray_cluster.site.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def test_a_plugin_study_runs_on_a_cluster_whose_nodes_have_it(ray_cluster, cluster_site, subprocess_env, tmp_path):
+    _install_example(cluster_site)  # every node has it (the cluster's site folder), the driver too
+    env = dict(subprocess_env, PYTHONPATH=os.pathsep.join([str(cluster_site), subprocess_env["PYTHONPATH"]]))
     out = tmp_path / "out"
     run = _run_on(ray_cluster, _plugin_study(tmp_path), out, env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -155,7 +163,8 @@ def make():
 """
 
 
-def test_a_plugin_the_nodes_lack_fails_its_trials_naming_the_package(ray_cluster, subprocess_env, tmp_path):
+def test_a_plugin_the_nodes_lack_fails_its_trials_naming_the_package(ray_cluster, cluster_site, subprocess_env,
+                                                                      tmp_path):
     site = tmp_path / "driver-site"  # on the driver's path only, not the nodes'
     (site / "lonelyplug-0.1.dist-info").mkdir(parents=True)
     (site / "lonelyplug.py").write_text(DRIVER_ONLY_PLUGIN)
@@ -174,7 +183,7 @@ def test_a_plugin_the_nodes_lack_fails_its_trials_naming_the_package(ray_cluster
     assert trial["status"] == "failed"
     assert ("cannot import module 'lonelyplug' of problem 'lonely-net' (plugin 'lonely-net = lonelyplug:make' from "
             "lonelyplug 0.1): install the plugin on every node") in trial["error"], trial["error"]
-    shutil.copytree(site, ray_cluster.site, dirs_exist_ok=True)  # installed on the nodes now: as the message says,
+    shutil.copytree(site, cluster_site, dirs_exist_ok=True)  # installed on the nodes now: as the message says,
     run = _run_on(ray_cluster, study, out, env, "--resume")      # resuming reruns the failed trial
     assert run.returncode == 0, run.stderr[-3000:]
     (trial,) = pd.read_parquet(out / "trials.parquet").to_dict("records")

@@ -303,3 +303,12 @@ def test_a_module_a_node_cannot_import_is_named_with_the_fix():
         "the node at 10.1.2.5 running this trial cannot import module 'mylab_models.nets', which the driver could "
         "(ModuleNotFoundError): install it on every node (cluster.yaml's setup_commands), then resume the study")
     assert unimportable_text("RuntimeError: CUDA out of memory", ("toy-small",)) is None
+
+
+def test_only_the_last_failure_of_a_tune_error_file_is_reported():
+    from sqn_ray.study.runner import last_failure
+
+    text = ("Failure # 1 (occurred at 2026-12-02_15:00:00)\nModuleNotFoundError: No module named 'lonelyplug'\n"
+            "Failure # 2 (occurred at 2026-12-02_15:09:00)\nThe actor died unexpectedly. pid: 81\n")
+    assert last_failure(text) == "The actor died unexpectedly. pid: 81\n"
+    assert last_failure("no header at all") == "no header at all"
