@@ -27,18 +27,20 @@ def seconds(fn, device: torch.device, repeats: int, *, warmup: bool = False) -> 
     return statistics.median(times)
 
 
-def mean_seconds(fn, device: torch.device, window: float) -> float:
-    """Mean seconds per call of ``fn`` over calls filling at least ``window`` seconds (synchronised at both ends):
-    the unit of a ratio whose numerator is itself a mean over a long call (a whole run), so that both average
-    over comparable stretches of a machine whose speed drifts (a shared VM's varies ±30 % within a second)."""
+def mean_seconds(fn, device: torch.device, window: float, *, warmup: bool = False) -> float:
+    """Mean seconds per call of ``fn`` over calls filling at least ``window`` seconds (synchronised; one untimed
+    call first when ``warmup``): the unit of a ratio whose numerator is itself a mean over a long call (a whole
+    run), so that both average over comparable stretches of a machine whose speed drifts (a shared VM's varies
+    ±30 % within a second)."""
+    if warmup:
+        fn()
     calls = 0
     sync(device)
     t0 = time.perf_counter()
     while True:
         fn()
         calls += 1
-        if calls % 8 == 0:
-            sync(device)
-            elapsed = time.perf_counter() - t0
-            if elapsed >= window:
-                return elapsed / calls
+        sync(device)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= window:
+            return elapsed / calls

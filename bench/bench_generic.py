@@ -80,8 +80,7 @@ def whole_run(fun, unit_fun, w0, sampling: str, iters: int, device, **backend) -
     """(seconds per iteration of one whole minimize call of ``fun``, seconds per gradient of ``unit_fun``
     around it, iterations)."""
     grad = gradient_call(unit_fun, w0)
-    grad()
-    before = mean_seconds(grad, device, UNIT_WINDOW)
+    before = mean_seconds(grad, device, UNIT_WINDOW, warmup=True)
     sync(device)
     t0 = time.perf_counter()
     result = minimize(fun, w0, "s-lsr1", memory=16, sampling=sampling, max_iters=iters, **backend)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -29,27 +28,19 @@ from sqn_ray.objective import AutogradOracle
 from sqn_ray.problems.mlp import MLPOracle, mlp_loss, param_count
 from sqn_ray.problems.toy import TOY_ACTIVATION, toy_data, toy_sizes
 
+from _timing import mean_seconds  # noqa: E402 - bench/ is this script's own folder
 
-def per_call_seconds(fn, min_time: float) -> float:
-    """Seconds per call of ``fn``, repeating it until ``min_time`` has passed (one warm-up call first)."""
-    fn()
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_time:
-            return elapsed / calls
+CPU = torch.device("cpu")
 
 
 def interleaved_ratios(baseline, ops: dict, rounds: int, min_time: float) -> tuple[float, dict]:
     """Median baseline seconds and median per-round ratio op/baseline for every op."""
     base_times, ratios = [], {name: [] for name in ops}
     for _ in range(rounds):
-        tb = per_call_seconds(baseline, min_time)
+        tb = mean_seconds(baseline, CPU, min_time, warmup=True)
         base_times.append(tb)
         for name, fn in ops.items():
-            ratios[name].append(per_call_seconds(fn, min_time) / tb)
+            ratios[name].append(mean_seconds(fn, CPU, min_time, warmup=True) / tb)
     return statistics.median(base_times), {k: statistics.median(v) for k, v in ratios.items()}
 
 
